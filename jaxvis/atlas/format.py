@@ -1,0 +1,79 @@
+"""The jaxvis atlas format: one HDF5 file of feature visualizations, readable with h5py.
+
+This module holds the names only (no h5py, no jax), so that the writer, the reader and
+the documentation (``docs/atlas-format.md``) agree on one spelling.
+
+Layout (version 1)::
+
+    /                        attrs: format="jaxvis-atlas", format_version=1,
+                                    jaxvis_version, created (ISO 8601, UTC), model,
+                                    weights_source, weights_sha256, weights_trained,
+                                    preprocessing, weights (JSON), config (JSON),
+                                    device_kind, device_kinds (JSON list)
+    /<layer>/                attrs: num_filters_in_layer, image_size, steps
+        images               uint8   [N, H, W, 3]  RGB, chunked one filter per chunk
+        filters              int32   [N]           filter index of each row
+        objective            float32 [N]           final objective value
+        history              float32 [N, steps]    objective after each step
+        requested            int32   [R]           sorted filters ever requested
+        failed_filters       int32   [F]           filters that failed (no image)
+        failed_messages      str     [F]           why each failed
+        seconds              float64 [C]           wall seconds of each written chunk
+        chunk_sizes          int32   [C]           filters (incl. failed) per chunk
+
+Rows of ``images``, ``filters``, ``objective`` and ``history`` line up. They are in the
+order written, which is ascending within one run but need not be sorted overall.
+"""
+
+from __future__ import annotations
+
+FORMAT_NAME = "jaxvis-atlas"
+FORMAT_VERSION = 1
+
+# Root attributes.
+ATTR_FORMAT = "format"
+ATTR_VERSION = "format_version"
+ATTR_JAXVIS_VERSION = "jaxvis_version"
+ATTR_CREATED = "created"
+ATTR_MODEL = "model"
+ATTR_WEIGHTS = "weights"
+ATTR_WEIGHTS_SOURCE = "weights_source"
+ATTR_WEIGHTS_SHA256 = "weights_sha256"
+ATTR_WEIGHTS_TRAINED = "weights_trained"
+ATTR_PREPROCESSING = "preprocessing"
+ATTR_CONFIG = "config"
+ATTR_DEVICE_KIND = "device_kind"
+ATTR_DEVICE_KINDS = "device_kinds"
+
+# Per-layer attributes.
+ATTR_NUM_FILTERS = "num_filters_in_layer"
+ATTR_IMAGE_SIZE = "image_size"
+ATTR_STEPS = "steps"
+
+# Per-layer datasets.
+IMAGES = "images"
+FILTERS = "filters"
+OBJECTIVE = "objective"
+HISTORY = "history"
+REQUESTED = "requested"
+FAILED_FILTERS = "failed_filters"
+FAILED_MESSAGES = "failed_messages"
+SECONDS = "seconds"
+CHUNK_SIZES = "chunk_sizes"
+
+# Images are stored raw. Measured on 224 px uint8 pictures (docs/atlas-format.md,
+# "Compression"): gzip saved under 3% on optimized pictures at ~15x the write time, and
+# every chunk costs a copy of the file, so compression does not pay here.
+IMAGE_COMPRESSION: str | None = None
+
+# Config keys that do not change any picture (a unit's key comes from (seed, layer, unit)
+# alone), so a resume may differ in them.
+RUN_ONLY_CONFIG_KEYS = frozenset(
+    {"batch", "progress", "overwrite", "out", "layers", "filters", "devices"}
+)
+# Weights fields that identify the weights (the file path may move).
+WEIGHTS_IDENTITY_KEYS = ("source", "sha256", "preprocessing", "trained", "seed")
+
+# Suffixes of the snapshot being written and of the writer's lock, next to the atlas.
+TMP_SUFFIX = ".tmp"
+LOCK_SUFFIX = ".lock"

@@ -1,0 +1,368 @@
+"""Crash-safe writing of atlases: every chunk lands as a new, complete snapshot.
+
+HDF5 updates its metadata in place, and a process killed in the middle of that can leave
+a file that no longer opens. So the atlas on disk is never modified in place. Each chunk
+is written into a copy (``<atlas>.tmp``), which is flushed, fsynced, closed and then
+moved over the atlas with ``os.replace`` (atomic on POSIX), and the directory is
+fsynced. A kill at any moment leaves either the previous snapshot or the new one; a
+stale ``.tmp`` is deleted by the next writer. A filter enters ``filters`` in the same
+snapshot as its image, objective and history, so a resume never sees half a filter.
+
+The price is one copy of the file per chunk, O(file size). docs/atlas-format.md,
+"Crash safety", has the measurements and when it matters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import shutil
+from collections.abc import Iterator, Mapping, Sequence
+
+import h5py
+import numpy as np
+
+from jaxvis.atlas import format as fmt
+from jaxvis.atlas.reader import check_atlas_file
+from jaxvis.errors import JaxvisError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; one writer per atlas is then on you.
+    fcntl = None
+
+
+class AtlasWriter:
+    """Creates or resumes an atlas and appends chunks of finished filters to it.
+
+    Args:
+      path: the ``.h5`` file.
+      provenance: ``{"model": str, "weights": WeightsInfo.to_dict(), "config": dict,
+        "device_kind": str}``. An existing atlas is resumed only if model, weights and
+        config (less :data:`format.RUN_ONLY_CONFIG_KEYS`) match.
+      overwrite: start a jaxvis atlas over instead of resuming it. A file that is not a
+        jaxvis atlas is never touched, overwrite or not.
+
+    Use it as a context manager, or call :meth:`close`, to release the writer's lock.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, provenance: Mapping, overwrite: bool = False):
+        self.path = os.fspath(path)
+        self._tmp = self.path + fmt.TMP_SUFFIX
+        self._provenance = _normalized_provenance(provenance)
+        self._done: dict[str, set[int]] = {}
+        self._layers: dict[str, tuple[int, int, int]] = {}  # num_filters, size, steps
+        self._new_device = False
+        _check_target(self.path)
+        self._lock = _acquire_lock(self.path)
+        try:
+            self._open(overwrite)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, overwrite: bool) -> None:
+        exists = os.path.exists(self.path)
+        if exists:
+            check_atlas_file(self.path)  # refuses foreign files before anything is touched
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self._tmp)
+        if not exists or overwrite:
+            with self._snapshot(fresh=True) as f:
+                _write_root(f, self._provenance)
+            return
+        with h5py.File(self.path, "r") as f:
+            _check_identity(self.path, f.attrs, self._provenance)
+            kinds = json.loads(f.attrs.get(fmt.ATTR_DEVICE_KINDS, "[]"))
+            self._new_device = self._provenance["device_kind"] not in kinds
+            for name, group in f.items():
+                self._load_layer(name, group)
+
+    def _load_layer(self, name: str, group: h5py.Group) -> None:
+        done = set()
+        for key in (fmt.FILTERS, fmt.FAILED_FILTERS):
+            if key in group:
+                done.update(int(i) for i in group[key][()])
+        self._done[name] = done
+        if fmt.IMAGES in group:
+            self._layers[name] = (
+                int(group.attrs[fmt.ATTR_NUM_FILTERS]),
+                int(group.attrs[fmt.ATTR_IMAGE_SIZE]),
+                int(group.attrs[fmt.ATTR_STEPS]),
+            )
+
+    def done(self, layer: str) -> set[int]:
+        """Filters of ``layer`` already in the atlas, failed ones included."""
+        return set(self._done.get(layer, ()))
+
+    def request(self, filters: Mapping[str, Sequence[int]], *,
+                num_filters: Mapping[str, int]) -> None:
+        """Records which filters a run asked for, so ``jaxvis info`` can show done/requested.
+
+        Args:
+          filters: ``{layer: [filter, ...]}``; merged with earlier requests.
+          num_filters: ``{layer: filter count of the layer}``.
+        """
+        with self._snapshot() as f:
+            for layer, wanted in filters.items():
+                group = _layer_group(f, layer, num_filters[layer])
+                old = group[fmt.REQUESTED][()] if fmt.REQUESTED in group else []
+                merged = np.union1d(np.asarray(old, np.int32), np.asarray(wanted, np.int32))
+                if fmt.REQUESTED in group:
+                    del group[fmt.REQUESTED]
+                group.create_dataset(fmt.REQUESTED, data=merged.astype(np.int32))
+                self._done.setdefault(layer, set())
+
+    def write_chunk(
+        self,
+        layer: str,
+        filters: Sequence[int],
+        images: np.ndarray,
+        objective: np.ndarray,
+        history: np.ndarray,
+        *,
+        seconds: float,
+        failed: Mapping[int, str] | None = None,
+        num_filters_in_layer: int,
+    ) -> None:
+        """Appends one chunk atomically: all of it is in the atlas afterwards, or none.
+
+        Args:
+          layer: layer name.
+          filters: int [n], the filters that succeeded (rows of the arrays below).
+          images: uint8 [n, H, W, 3] RGB.
+          objective: float [n], final objective values.
+          history: float [n, steps], objective after each step.
+          seconds: wall time the chunk took.
+          failed: ``{filter: message}`` for filters of the chunk that failed; they are
+            recorded (so a resume skips them) but get no image.
+          num_filters_in_layer: the layer's filter count.
+        """
+        failed = dict(failed or {})
+        filters, images, objective, history = _check_chunk(
+            layer, filters, images, objective, history, failed, num_filters_in_layer,
+            self._done.get(layer, set()), self._layers.get(layer))
+        if not len(filters) and not failed:
+            return
+        with self._snapshot() as f:
+            group = _layer_group(f, layer, num_filters_in_layer)
+            _ensure_data(group, images.shape[1], history.shape[1])
+            _append(group, fmt.IMAGES, images)
+            _append(group, fmt.FILTERS, filters)
+            _append(group, fmt.OBJECTIVE, objective)
+            _append(group, fmt.HISTORY, history)
+            _append(group, fmt.FAILED_FILTERS, np.fromiter(failed, np.int32, len(failed)))
+            _append(group, fmt.FAILED_MESSAGES, np.array(list(failed.values()), dtype=object))
+            _append(group, fmt.SECONDS, np.array([seconds], np.float64))
+            _append(group, fmt.CHUNK_SIZES, np.array([len(filters) + len(failed)], np.int32))
+            if self._new_device:
+                _add_device_kind(f, self._provenance["device_kind"])
+        self._new_device = False
+        self._layers[layer] = (num_filters_in_layer, images.shape[1], history.shape[1])
+        self._done.setdefault(layer, set()).update(int(i) for i in filters)
+        self._done[layer].update(failed)
+
+    @contextlib.contextmanager
+    def _snapshot(self, fresh: bool = False) -> Iterator[h5py.File]:
+        """Yields a writable copy of the atlas; on success it atomically replaces it."""
+        try:
+            if not fresh:
+                shutil.copyfile(self.path, self._tmp)
+            with h5py.File(self._tmp, "r+" if not fresh else "w", track_order=True) as f:
+                yield f
+            with open(self._tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(self._tmp, self.path)
+            _fsync_dir(os.path.dirname(os.path.abspath(self.path)))
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(self._tmp)
+            raise
+
+    def close(self) -> None:
+        """Releases the lock that keeps a second writer off this atlas."""
+        if self._lock is not None:
+            with contextlib.suppress(OSError):
+                os.remove(self.path + fmt.LOCK_SUFFIX)
+            os.close(self._lock)
+            self._lock = None
+
+    def __enter__(self) -> AtlasWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _normalized_provenance(provenance: Mapping) -> dict:
+    missing = [k for k in ("model", "weights", "config") if k not in provenance]
+    if missing:
+        raise JaxvisError(f"atlas provenance lacks {', '.join(missing)}; expected keys: "
+                          "model, weights, config, device_kind")
+    prov = json.loads(json.dumps(dict(provenance), sort_keys=True, default=str))
+    prov.setdefault("device_kind", "unknown")
+    return prov
+
+
+def _identity(model: str, weights: Mapping, config: Mapping) -> dict:
+    ident = {"model": model}
+    ident.update({f"weights.{k}": weights.get(k) for k in fmt.WEIGHTS_IDENTITY_KEYS})
+    ident.update({f"config.{k}": v for k, v in config.items()
+                  if k not in fmt.RUN_ONLY_CONFIG_KEYS})
+    return ident
+
+
+def _check_identity(path: str, attrs: h5py.AttributeManager, prov: Mapping) -> None:
+    old = _identity(str(attrs[fmt.ATTR_MODEL]), json.loads(attrs[fmt.ATTR_WEIGHTS]),
+                    json.loads(attrs[fmt.ATTR_CONFIG]))
+    new = _identity(prov["model"], prov["weights"], prov["config"])
+    diffs = [k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+    if diffs:
+        shown = "; ".join(f"{k}: {_short(old.get(k))} in the file, {_short(new.get(k))} now"
+                          for k in diffs)
+        raise JaxvisError(f"{path} was made with different settings ({shown}); pass "
+                          "--overwrite to start it over, or choose another output file")
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _check_target(path: str) -> None:
+    if os.path.isdir(path):
+        raise JaxvisError(f"{path} is a directory; the atlas must be a file path like out.h5")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise JaxvisError(f"cannot write {path}: directory {parent} does not exist")
+
+
+def _acquire_lock(path: str) -> int | None:
+    """An exclusive advisory lock on ``<atlas>.lock``; refuses a second writer."""
+    if fcntl is None:
+        return None
+    lock_path = path + fmt.LOCK_SUFFIX
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise JaxvisError(f"another jaxvis process is writing {path} (it holds "
+                              f"{lock_path}); wait for it or choose another output") from None
+        try:  # the holder may have deleted the file between our open and our lock
+            if os.stat(lock_path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+def _write_root(f: h5py.File, prov: Mapping) -> None:
+    from jaxvis import __version__
+
+    weights = prov["weights"]
+    attrs = {
+        fmt.ATTR_FORMAT: fmt.FORMAT_NAME,
+        fmt.ATTR_VERSION: np.int32(fmt.FORMAT_VERSION),
+        fmt.ATTR_JAXVIS_VERSION: __version__,
+        fmt.ATTR_CREATED: datetime.datetime.now(datetime.timezone.utc).isoformat("T", "seconds"),
+        fmt.ATTR_MODEL: str(prov["model"]),
+        fmt.ATTR_WEIGHTS_SOURCE: str(weights.get("source", "")),
+        fmt.ATTR_WEIGHTS_SHA256: str(weights.get("sha256", "")),
+        fmt.ATTR_WEIGHTS_TRAINED: bool(weights.get("trained", True)),
+        fmt.ATTR_PREPROCESSING: str(weights.get("preprocessing", "")),
+        fmt.ATTR_WEIGHTS: json.dumps(weights, sort_keys=True),
+        fmt.ATTR_CONFIG: json.dumps(prov["config"], sort_keys=True),
+        fmt.ATTR_DEVICE_KIND: str(prov["device_kind"]),
+        fmt.ATTR_DEVICE_KINDS: json.dumps([prov["device_kind"]]),
+    }
+    f.attrs.update(attrs)
+
+
+def _add_device_kind(f: h5py.File, kind: str) -> None:
+    kinds = json.loads(f.attrs.get(fmt.ATTR_DEVICE_KINDS, "[]"))
+    f.attrs[fmt.ATTR_DEVICE_KINDS] = json.dumps([*kinds, kind])
+
+
+def _layer_group(f: h5py.File, layer: str, num_filters: int) -> h5py.Group:
+    if layer in f:
+        return f[layer]
+    group = f.create_group(layer)
+    group.attrs[fmt.ATTR_NUM_FILTERS] = np.int32(num_filters)
+    return group
+
+
+def _ensure_data(group: h5py.Group, size: int, steps: int) -> None:
+    """Creates the resizable datasets of a layer on its first chunk."""
+    if fmt.IMAGES in group:
+        return
+    group.attrs[fmt.ATTR_IMAGE_SIZE] = np.int32(size)
+    group.attrs[fmt.ATTR_STEPS] = np.int32(steps)
+    group.create_dataset(fmt.IMAGES, (0, size, size, 3), np.uint8, maxshape=(None, size, size, 3),
+                         chunks=(1, size, size, 3), compression=fmt.IMAGE_COMPRESSION)
+    hist_rows = max(1, min(1024, 16384 // max(steps, 1)))
+    group.create_dataset(fmt.HISTORY, (0, steps), np.float32, maxshape=(None, steps),
+                         chunks=(hist_rows, max(steps, 1)))
+    for name, dtype in [(fmt.FILTERS, np.int32), (fmt.OBJECTIVE, np.float32),
+                        (fmt.FAILED_FILTERS, np.int32), (fmt.SECONDS, np.float64),
+                        (fmt.CHUNK_SIZES, np.int32),
+                        (fmt.FAILED_MESSAGES, h5py.string_dtype())]:
+        group.create_dataset(name, (0,), dtype, maxshape=(None,), chunks=(1024,))
+
+
+def _append(group: h5py.Group, name: str, rows: np.ndarray) -> None:
+    if not len(rows):
+        return
+    dset = group[name]
+    start = dset.shape[0]
+    dset.resize(start + len(rows), axis=0)
+    dset[start:] = rows
+
+
+def _check_chunk(layer, filters, images, objective, history, failed, num_filters, done,
+                 known):
+    """Validates one chunk; returns the arrays in their stored dtypes."""
+    if not isinstance(layer, str) or not layer or "/" in layer or layer.startswith("."):
+        raise JaxvisError(f"invalid layer name {layer!r}; it must be non-empty, without '/'")
+    filters = np.asarray(filters, np.int64).reshape(-1)
+    images = np.asarray(images)
+    n = len(filters)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[0] != n \
+            or images.shape[3] != 3 or images.shape[1] != images.shape[2]:
+        raise JaxvisError(f"images must be uint8 [{n}, H, H, 3]; got {images.dtype} "
+                          f"{list(images.shape)}")
+    objective = np.asarray(objective, np.float32).reshape(-1)
+    history = np.asarray(history, np.float32)
+    if objective.shape != (n,) or history.ndim != 2 or history.shape[0] != n:
+        raise JaxvisError(f"objective must be [{n}] and history [{n}, steps]; got "
+                          f"{list(objective.shape)} and {list(history.shape)}")
+    everything = [*filters.tolist(), *failed]
+    bad = [i for i in everything if not 0 <= int(i) < num_filters]
+    if bad:
+        raise JaxvisError(f"filters {bad} out of range for layer {layer!r} "
+                          f"with {num_filters} filters")
+    again = sorted(set(everything) & done) or sorted(i for i in set(everything)
+                                                     if everything.count(i) > 1)
+    if again:
+        raise JaxvisError(f"filters {again} of layer {layer!r} are already written")
+    if known is not None and known != (num_filters, images.shape[1], history.shape[1]):
+        raise JaxvisError(f"layer {layer!r} holds (filters, size, steps) = {known}; chunk "
+                          f"has {(num_filters, images.shape[1], history.shape[1])}")
+    return filters.astype(np.int32), images, objective, history
+
+
+def _fsync_dir(directory: str) -> None:
+    """Makes a rename durable; a no-op where directories cannot be opened (Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,93 @@
+"""Whole-layer atlases: chunks, devices, resume and progress around the engine.
+
+This is the stateful edge of jaxvis: it opens the atlas, skips the filters already in it,
+runs the rest chunk by chunk through the compiled engine and commits each chunk to the
+atlas before starting the next, so a crash loses at most the chunk in flight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import jax
+import numpy as np
+
+from jaxvis import engine, presets
+from jaxvis import devices as dev
+from jaxvis.atlas import AtlasWriter
+from jaxvis.models.model import FeatureModel
+from jaxvis.progress import Progress
+
+
+def run_config(config: presets.Config, *, size: int, steps: int | None, seed: int) -> dict:
+    """The layer-independent run config that identifies an atlas (batch is not part of it:
+    results do not depend on chunk size)."""
+    recipe = presets.resolve(config, "{layer}", size, steps=steps)
+    return {**recipe.description, "seed": seed}
+
+
+def generate_atlas(
+    model: FeatureModel,
+    out: str,
+    layers: Mapping[str, Sequence[int]],
+    *,
+    preset: str = "lucid",
+    size: int = 224,
+    steps: int | None = None,
+    seed: int = 0,
+    batch: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> str:
+    """Writes (or resumes) an atlas of ``{layer: filters}`` to ``out``.
+
+    Every layer and filter is checked before the file is touched. Re-running the same
+    call after a crash finishes the atlas; a different config is refused unless
+    ``overwrite``.
+
+    Returns:
+      ``out``.
+    """
+    config = presets.get(preset)
+    size = engine.check_size(model, size)
+    if batch is not None:
+        engine.check_batch(batch)
+    wanted = {layer: engine.check_filters(model, layer, filters)
+              for layer, filters in layers.items()}
+    provenance = {
+        "model": model.name,
+        "weights": model.info.to_dict() if model.info else {},
+        "config": run_config(config, size=size, steps=steps, seed=seed),
+        "device_kind": f"{jax.devices()[0].platform}:{jax.devices()[0].device_kind}"
+                       f" x{jax.device_count()}",
+    }
+    writer = AtlasWriter(out, provenance=provenance, overwrite=overwrite)
+    todo = {}
+    for layer, units in wanted.items():
+        done = writer.done(layer)
+        todo[layer] = np.array([u for u in units if int(u) not in done], np.int64)
+    bar = Progress({layer: len(units) for layer, units in todo.items()}, enabled=progress)
+    try:
+        for layer, units in todo.items():
+            _run_layer(model, writer, bar, layer, units, config,
+                       size=size, steps=steps, seed=seed, batch=batch)
+    finally:
+        bar.close()
+    return out
+
+
+def _run_layer(model, writer, bar, layer, units, config, *, size, steps, seed, batch):
+    bar.start_layer(layer)
+    if len(units) == 0:
+        return
+    prog = engine.program(model, layer, size, config, steps=steps)
+    chunk = batch or dev.auto_chunk(model, prog.ascent.stop_at, size, len(units))
+    chunk = dev.round_up(chunk, jax.device_count())
+    for i in range(0, len(units), chunk):
+        part = engine.run_chunk(prog, model.params, seed, layer, units[i : i + chunk], chunk)
+        writer.write_chunk(
+            layer, part["filters"], part["images"], part["objective"], part["history"],
+            seconds=part["seconds"] + part["compile_seconds"], failed=part["failed"],
+            num_filters_in_layer=model.num_filters(layer),
+        )
+        bar.advance(layer, len(units[i : i + chunk]))

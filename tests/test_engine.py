@@ -1,0 +1,167 @@
+"""The batched engine: ascent works, vmap equals the loop, no retrace, determinism."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxvis
+from jaxvis import engine, objectives, presets
+
+SMALL = dict(size=32, steps=8)
+
+
+@pytest.fixture(scope="module")
+def random_vgg():
+    return jaxvis.vgg16(None, seed=1)
+
+
+def test_objective_rises(imagenet_vgg):
+    res = jaxvis.visualize(imagenet_vgg, "block2_conv1", [3, 40], size=48, steps=24)
+    first, last = res.history[:, :4].mean(axis=1), res.history[:, -4:].mean(axis=1)
+    assert (last > first + 0.1 * np.abs(first) + 1e-3).all(), (first, last)
+    # The final objective (no transforms) beats the objective of the initial image.
+    assert (res.objective > first).all()
+
+
+def test_vmap_equals_python_loop_over_run_one(random_vgg):
+    units = [0, 5, 9]
+    res = jaxvis.visualize(random_vgg, "block1_conv2", units, batch=3, **SMALL)
+    prog = engine.program(random_vgg, "block1_conv2", 32, presets.get("lucid"), steps=8)
+    run_one = jax.jit(prog.ascent.run_one)
+    for i, unit in enumerate(units):
+        key = engine.unit_key(0, "block1_conv2", unit)
+        image, value, history = run_one(random_vgg.params, key, jnp.int32(unit))
+        np.testing.assert_allclose(res.history[i], history, rtol=2e-4, atol=1e-5)
+        np.testing.assert_allclose(res.objective[i], value, rtol=2e-4, atol=1e-5)
+        expect = np.round(np.clip(np.asarray(image[0]), 0, 1) * 255)
+        assert np.abs(res.images[i].astype(int) - expect).max() <= 1
+
+
+def test_second_call_does_not_retrace(random_vgg):
+    jaxvis.visualize(random_vgg, "block1_conv1", [0, 1], batch=2, **SMALL)
+    prog = engine.program(random_vgg, "block1_conv1", 32, presets.get("lucid"), steps=8)
+    traces = prog.traces
+    again = jaxvis.visualize(random_vgg, "block1_conv1", [7, 3], batch=2, **SMALL)
+    assert prog.traces == traces
+    assert again.compile_seconds == 0.0
+    # A last chunk that is not full is padded and masked, not recompiled.
+    ragged = jaxvis.visualize(random_vgg, "block1_conv1", [1, 2, 4], batch=2, **SMALL)
+    assert prog.traces == traces
+    assert list(ragged.filters) == [1, 2, 4]
+
+
+def test_chunk_size_does_not_change_pictures(random_vgg):
+    one = jaxvis.visualize(random_vgg, "block1_conv2", [2, 3, 4, 6], batch=1, **SMALL)
+    four = jaxvis.visualize(random_vgg, "block1_conv2", [6, 2, 3, 4], batch=4, **SMALL)
+    order = [1, 2, 3, 0]
+    assert np.abs(one.images.astype(int) - four.images[order].astype(int)).max() <= 1
+    np.testing.assert_allclose(one.history, four.history[order], rtol=1e-4, atol=1e-5)
+
+
+def test_unit_key_depends_on_seed_layer_unit_only():
+    a = jax.random.key_data(engine.unit_key(0, "block1_conv1", 3))
+    b = jax.random.key_data(engine.unit_keys(0, "block1_conv1", [5, 3])[1])
+    assert np.array_equal(a, b)
+    c = jax.random.key_data(engine.unit_key(0, "block1_conv2", 3))
+    d = jax.random.key_data(engine.unit_key(1, "block1_conv1", 3))
+    assert not np.array_equal(a, c) and not np.array_equal(a, d)
+
+
+@pytest.mark.parametrize("preset", ["lucid", "keras-vis"])
+def test_presets_give_finite_nonconstant_images(random_vgg, preset):
+    res = jaxvis.visualize(random_vgg, "block2_conv1", [0, 1], preset=preset, batch=2,
+                           size=40, steps=6)
+    assert res.images.shape == (2, 40, 40, 3) and res.images.dtype == np.uint8
+    assert np.isfinite(res.history).all() and np.isfinite(res.objective).all()
+    assert all(img.std() > 1.0 for img in res.images)
+    assert res.config["preset"] == preset
+
+
+def test_keras_vis_keeps_the_best_image(random_vgg):
+    res = jaxvis.visualize(random_vgg, "block1_conv2", [1], preset="keras-vis", **SMALL)
+    # keras-vis returns its lowest-loss input: the final value is the best seen, not the last.
+    assert res.objective[0] >= res.history[0].max() - 1e-3 * abs(res.history[0].max())
+
+
+def test_non_finite_unit_is_reported_failed(random_vgg):
+    def fn(acts, images, unit):
+        value = acts["block1_conv1:pre"][..., unit].mean()
+        return jnp.where(unit == 1, jnp.nan, value)
+
+    bad = objectives.Objective(fn=fn, layers=("block1_conv1",), description="nan-on-1",
+                               uses_unit=True)
+    res = jaxvis.visualize(random_vgg, "block1_conv1", [0, 1, 2], objective=bad, batch=3,
+                           **SMALL)
+    assert list(res.filters) == [0, 2]
+    assert set(res.failed) == {1} and "non-finite" in res.failed[1]
+    assert len(res.images) == 2
+
+
+def test_bad_layer_and_filter_errors(random_vgg):
+    with pytest.raises(jaxvis.JaxvisError, match="valid layers: block1_conv1"):
+        jaxvis.visualize(random_vgg, "block6_conv1", [0], **SMALL)
+    with pytest.raises(jaxvis.JaxvisError, match="has 64 filters"):
+        jaxvis.visualize(random_vgg, "block1_conv1", [64], **SMALL)
+    with pytest.raises(jaxvis.JaxvisError, match="size must be"):
+        jaxvis.visualize(random_vgg, "block1_conv1", [0], size=16, steps=2)
+    with pytest.raises(jaxvis.JaxvisError, match="unknown preset"):
+        jaxvis.visualize(random_vgg, "block1_conv1", [0], preset="deepdream", **SMALL)
+
+
+class TinyCNN(nn.Module):
+    """A user's own model: two convs, exposing pre-ReLU outputs like jaxvis's VGG16."""
+
+    @nn.compact
+    def __call__(self, x, stop_at):
+        acts = {}
+        for name, width in (("conv_a", 8), ("conv_b", 16)):
+            pre = nn.Conv(width, (3, 3), name=name)(x)
+            acts[name + ":pre"], acts[name] = pre, nn.relu(pre)
+            x = nn.relu(pre)
+            if name == stop_at:
+                return acts
+        raise ValueError(stop_at)
+
+
+def test_user_defined_flax_model():
+    module = TinyCNN()
+    params = module.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)), "conv_b")["params"]
+
+    def apply(params, images, stop_at):
+        return module.apply({"params": params}, images - 0.5, stop_at.removesuffix(":pre"))
+
+    model = jaxvis.FeatureModel(
+        name="tiny", apply=apply, params=params,
+        layers=[jaxvis.LayerInfo("conv_a", "conv", 8), jaxvis.LayerInfo("conv_b", "conv", 16)],
+    )
+    res = jaxvis.visualize(model, "conv_b", range(16), size=16, steps=12, batch=8)
+    assert res.images.shape == (16, 16, 16, 3)
+    assert (res.history[:, -1] > res.history[:, 0]).mean() > 0.8
+
+
+def test_sharded_run_equals_single_device(tmp_path, random_vgg):
+    script = textwrap.dedent(
+        """
+        import sys, numpy as np, jax, jaxvis
+        assert jax.device_count() == 4, jax.devices()
+        m = jaxvis.vgg16(None, seed=1)
+        r = jaxvis.visualize(m, "block1_conv2", range(6), batch=4, size=32, steps=8)
+        np.savez(sys.argv[1], images=r.images, history=r.history, filters=r.filters)
+        """
+    )
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               JAX_PLATFORMS="cpu")
+    out = tmp_path / "sharded.npz"
+    subprocess.run([sys.executable, "-c", script, str(out)], env=env, check=True, timeout=300)
+    sharded = np.load(out)
+    single = jaxvis.visualize(random_vgg, "block1_conv2", range(6), batch=2, **SMALL)
+    assert list(sharded["filters"]) == list(range(6))
+    assert np.abs(sharded["images"].astype(int) - single.images.astype(int)).max() <= 1
+    np.testing.assert_allclose(sharded["history"], single.history, rtol=1e-4, atol=1e-5)

@@ -1,0 +1,23 @@
+"""On the real ImageNet weights, the image made for filter f excites f more than the
+images made for the other filters do."""
+
+import jax.numpy as jnp
+import numpy as np
+
+import jaxvis
+
+LAYER = "block3_conv2"
+FILTERS = list(range(0, 64, 8))  # 8 filters spread over the layer
+
+
+def test_selectivity_block3_conv2(imagenet_vgg):
+    res = jaxvis.visualize(imagenet_vgg, LAYER, FILTERS, size=64, steps=48)
+    images = jnp.asarray(res.images, jnp.float32) / 255.0
+    acts = imagenet_vgg.features(images, LAYER)[LAYER + ":pre"].mean(axis=(1, 2))
+    # a[i, j]: mean pre-ReLU response of filter FILTERS[j] to the image made for FILTERS[i].
+    a = np.asarray(acts)[:, FILTERS]
+    wins = [a[j, j] > np.delete(a[:, j], j).max() for j in range(len(FILTERS))]
+    print(f"selectivity {LAYER}: {sum(wins)}/{len(wins)} filters; diag/offdiag-max ratio",
+          np.round(np.diag(a) / np.array([np.delete(a[:, j], j).max()
+                                          for j in range(len(FILTERS))]), 2))
+    assert sum(wins) >= len(FILTERS) - 1
