@@ -51,50 +51,73 @@ def _md5(path: str) -> str:
 
 
 class _Progress:
-    """A one-line text progress bar, redrawn in place with ``\\r`` at most 10 times a second."""
+    """A download progress line on ``stream``.
+
+    On a terminal it is redrawn in place with ``\\r`` at most 10 times a second; in a log
+    or pipe it prints a plain line every 10% (or 50 MB when the size is unknown).
+    """
 
     def __init__(self, label: str, total: int, stream: TextIO):
         self.label, self.total, self.stream = label, total, stream
-        self.done, self.last = 0, 0.0
+        self.done, self.drawn, self.last = 0, 0, 0.0
+        self.tty = bool(getattr(stream, "isatty", None) and stream.isatty())
 
     def update(self, n: int) -> None:
-        self.done += n
-        now = time.monotonic()
-        if now - self.last >= 0.1:
-            self.last = now
+        before, self.done = self.done, self.done + n
+        if self.tty:
+            now = time.monotonic()
+            if now - self.last >= 0.1:
+                self.last = now
+                self._draw()
+        elif self._step(before) != self._step(self.done):
             self._draw()
 
     def close(self) -> None:
-        self._draw()
-        self.stream.write("\n")
+        """Draws the final state, if not yet shown, and ends the line."""
+        if self.done != self.drawn:
+            self._draw()
+        if self.tty and self.done:
+            self.stream.write("\n")
         self.stream.flush()
 
+    def _step(self, done: int) -> int:
+        return 10 * done // self.total if self.total else done // 50_000_000
+
     def _draw(self) -> None:
+        self.drawn = self.done
         mb = self.done / 1e6
+        line = f"{self.label} {mb:.1f} MB"
         if self.total:
             frac = min(self.done / self.total, 1.0)
             bar = "#" * int(30 * frac)
             line = f"{self.label} [{bar:<30}] {100 * frac:3.0f}% {mb:.1f}/{self.total / 1e6:.1f} MB"
-        else:
-            line = f"{self.label} {mb:.1f} MB"
-        self.stream.write("\r" + line)
+        self.stream.write("\r" + line if self.tty else line + "\n")
         self.stream.flush()
 
 
 def _download(url: str, out, progress: _Progress | None) -> str:
     """Streams ``url`` into the open file ``out``; returns the MD5 of what it wrote."""
     digest = hashlib.md5(usedforsecurity=False)
-    with urllib.request.urlopen(url, timeout=_TIMEOUT_S) as response:
-        if progress is not None:
-            progress.total = int(response.headers.get("Content-Length") or 0)
-        while chunk := response.read(_CHUNK):
-            out.write(chunk)
-            digest.update(chunk)
+    try:
+        with urllib.request.urlopen(url, timeout=_TIMEOUT_S) as response:
             if progress is not None:
-                progress.update(len(chunk))
-    if progress is not None:
-        progress.close()
+                progress.total = int(response.headers.get("Content-Length") or 0)
+            while chunk := response.read(_CHUNK):
+                out.write(chunk)
+                digest.update(chunk)
+                if progress is not None:
+                    progress.update(len(chunk))
+    finally:
+        if progress is not None:
+            progress.close()  # also on failure, so an error starts on a fresh line
     return digest.hexdigest()
+
+
+def _reason(e: Exception) -> str:
+    """One line for a network error: "HTTP Error 404: Not Found", "[Errno 111] ..."."""
+    if isinstance(e, urllib.error.URLError) and not isinstance(e, urllib.error.HTTPError):
+        e = e.reason
+    return (str(e).splitlines() or [""])[0] or type(e).__name__
 
 
 def fetch(
@@ -131,8 +154,13 @@ def fetch(
     dest = os.path.join(folder, name)
     if os.path.isfile(dest) and _md5(dest) == expected:
         return dest
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=name.removesuffix(".h5") + ".", suffix=".h5.tmp")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            dir=folder, prefix=name.removesuffix(".h5") + ".", suffix=".h5.tmp"
+        )
+    except OSError as e:
+        raise JaxvisError(f"cannot write to the weights cache {folder}: {e}") from None
     try:
         bar = _Progress(name, 0, sys.stderr) if progress else None
         with os.fdopen(fd, "wb") as out:
@@ -144,8 +172,7 @@ def fetch(
             )
         os.replace(tmp, dest)
     except (OSError, http.client.HTTPException) as e:
-        reason = getattr(e, "reason", None) or e
-        raise JaxvisError(f"could not download {url}: {str(reason).splitlines()[0]}") from None
+        raise JaxvisError(f"could not download {url}: {_reason(e)}") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -142,7 +142,7 @@ def _problems(layers: dict[str, list[np.ndarray]], expected: dict) -> list[str]:
         if len(got) != 2:
             wrong.append(f"{name} {len(got)} arrays {list(map(_fmt, got))} != kernel, bias")
             continue
-        for what, shape, want in zip(("kernel", "bias"), got, (kernel, bias)):
+        for what, shape, want in zip(("kernel", "bias"), got, (kernel, bias), strict=True):
             if shape != want:
                 wrong.append(f"{name} {what} {_fmt(shape)} != {_fmt(want)}")
     parts = [("missing", missing), ("extra", extra), ("wrong shapes", wrong)]
@@ -166,7 +166,10 @@ def load(path: str) -> tuple[dict, str]:
         weights file, or not VGG16 (naming missing layers, extra layers, wrong shapes).
     """
     if not os.path.exists(path):
-        raise JaxvisError(f"weights file {path} not found")
+        raise JaxvisError(
+            f"weights file {path} not found; valid weights: 'imagenet', None (random), "
+            "or the path of a Keras VGG16 .h5 file"
+        )
     if not os.path.isfile(path):
         raise JaxvisError(f"weights file {path} is not a file")
     try:
