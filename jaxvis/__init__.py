@@ -1,15 +1,58 @@
-"""jaxvis: batched activation maximization for ConvNets in JAX/Flax."""
+"""jaxvis: batched activation maximization for ConvNets in JAX/Flax.
+
+Names backed by jax are imported on first use (PEP 562), so that ``import jaxvis.atlas``
+and ``from jaxvis import open_atlas`` read atlases without importing jax.
+"""
+
+import importlib
 
 from jaxvis.errors import JaxvisError
-from jaxvis.models import FeatureModel, LayerInfo, WeightsInfo, vgg16
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Config",
     "FeatureModel",
     "JaxvisError",
     "LayerInfo",
+    "Visualization",
     "WeightsInfo",
     "__version__",
+    "generate_atlas",
+    "objectives",
+    "open_atlas",
+    "optim",
+    "param",
+    "transforms",
     "vgg16",
+    "visualize",
 ]
+
+# Public name -> module that defines it, imported on first attribute access.
+_LAZY = {
+    "FeatureModel": "jaxvis.models",
+    "LayerInfo": "jaxvis.models",
+    "WeightsInfo": "jaxvis.models",
+    "vgg16": "jaxvis.models",
+    "open_atlas": "jaxvis.atlas",
+    "Config": "jaxvis.presets",
+    "Visualization": "jaxvis.engine",
+    "visualize": "jaxvis.engine",
+    "generate_atlas": "jaxvis.scheduler",
+}
+# Submodules that are part of the public API (objectives, parameterizations, ...).
+_SUBMODULES = ("objectives", "optim", "param", "transforms")
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f"jaxvis.{name}")
+    raise AttributeError(f"module 'jaxvis' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

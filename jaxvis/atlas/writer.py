@@ -1,37 +1,27 @@
-"""Crash-safe writing of atlases: every chunk lands as a new, complete snapshot.
+"""Appending chunks of finished filters to an atlas, crash-safely and resumably.
 
-HDF5 updates its metadata in place, and a process killed in the middle of that can leave
-a file that no longer opens. So the atlas on disk is never modified in place. Each chunk
-is written into a copy (``<atlas>.tmp``), which is flushed, fsynced, closed and then
-moved over the atlas with ``os.replace`` (atomic on POSIX), and the directory is
-fsynced. A kill at any moment leaves either the previous snapshot or the new one; a
-stale ``.tmp`` is deleted by the next writer. A filter enters ``filters`` in the same
-snapshot as its image, objective and history, so a resume never sees half a filter.
-
-The price is one copy of the file per chunk, O(file size). docs/atlas-format.md,
-"Crash safety", has the measurements and when it matters.
+Every change is one atomic snapshot (:mod:`jaxvis.atlas.snapshot`): a filter enters
+``filters`` in the same snapshot as its image, objective and history, so a kill at any
+moment loses at most the chunk in flight and a resume never sees half a filter.
 """
 
 from __future__ import annotations
 
-import contextlib
+import collections
 import datetime
 import json
 import os
-import shutil
-from collections.abc import Iterator, Mapping, Sequence
+import weakref
+from collections.abc import Mapping, Sequence
 
 import h5py
 import numpy as np
 
 from jaxvis.atlas import format as fmt
+from jaxvis.atlas.identity import check_same_run, normalized_provenance
 from jaxvis.atlas.reader import check_atlas_file
+from jaxvis.atlas.snapshot import acquire_lock, release_lock, remove_stale, snapshot
 from jaxvis.errors import JaxvisError
-
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory locks; one writer per atlas is then on you.
-    fcntl = None
 
 
 class AtlasWriter:
@@ -50,13 +40,15 @@ class AtlasWriter:
 
     def __init__(self, path: str | os.PathLike, *, provenance: Mapping, overwrite: bool = False):
         self.path = os.fspath(path)
-        self._tmp = self.path + fmt.TMP_SUFFIX
-        self._provenance = _normalized_provenance(provenance)
+        self._provenance = normalized_provenance(provenance)
         self._done: dict[str, set[int]] = {}
+        self._requested: dict[str, set[int]] = {}
         self._layers: dict[str, tuple[int, int, int]] = {}  # num_filters, size, steps
         self._new_device = False
         _check_target(self.path)
-        self._lock = _acquire_lock(self.path)
+        self._lock = acquire_lock(self.path)
+        # Released at close(), or when the writer is collected or the interpreter exits.
+        self._release = weakref.finalize(self, release_lock, self._lock, self.path)
         try:
             self._open(overwrite)
         except BaseException:
@@ -67,14 +59,13 @@ class AtlasWriter:
         exists = os.path.exists(self.path)
         if exists:
             check_atlas_file(self.path)  # refuses foreign files before anything is touched
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(self._tmp)
+        remove_stale(self.path)
         if not exists or overwrite:
-            with self._snapshot(fresh=True) as f:
+            with snapshot(self.path, fresh=True) as f:
                 _write_root(f, self._provenance)
             return
         with h5py.File(self.path, "r") as f:
-            _check_identity(self.path, f.attrs, self._provenance)
+            check_same_run(self.path, f.attrs, self._provenance)
             kinds = json.loads(f.attrs.get(fmt.ATTR_DEVICE_KINDS, "[]"))
             self._new_device = self._provenance["device_kind"] not in kinds
             for name, group in f.items():
@@ -86,6 +77,8 @@ class AtlasWriter:
             if key in group:
                 done.update(int(i) for i in group[key][()])
         self._done[name] = done
+        if fmt.REQUESTED in group:
+            self._requested[name] = {int(i) for i in group[fmt.REQUESTED][()]}
         if fmt.IMAGES in group:
             self._layers[name] = (
                 int(group.attrs[fmt.ATTR_NUM_FILTERS]),
@@ -97,23 +90,34 @@ class AtlasWriter:
         """Filters of ``layer`` already in the atlas, failed ones included."""
         return set(self._done.get(layer, ()))
 
-    def request(self, filters: Mapping[str, Sequence[int]], *,
-                num_filters: Mapping[str, int]) -> None:
+    def request(
+        self, filters: Mapping[str, Sequence[int]], *, num_filters: Mapping[str, int]
+    ) -> None:
         """Records which filters a run asked for, so ``jaxvis info`` can show done/requested.
 
         Args:
           filters: ``{layer: [filter, ...]}``; merged with earlier requests.
           num_filters: ``{layer: filter count of the layer}``.
         """
-        with self._snapshot() as f:
-            for layer, wanted in filters.items():
+        new = {
+            layer: sorted({int(i) for i in wanted} - self._requested.get(layer, set()))
+            for layer, wanted in filters.items()
+        }
+        new = {layer: units for layer, units in new.items() if units}
+        if not new:
+            return
+        self._check_open()
+        for layer, units in new.items():
+            _check_units(layer, units, num_filters[layer])
+        with snapshot(self.path) as f:
+            for layer in new:
                 group = _layer_group(f, layer, num_filters[layer])
-                old = group[fmt.REQUESTED][()] if fmt.REQUESTED in group else []
-                merged = np.union1d(np.asarray(old, np.int32), np.asarray(wanted, np.int32))
+                merged = np.array(sorted(self._requested.get(layer, set()).union(new[layer])))
                 if fmt.REQUESTED in group:
                     del group[fmt.REQUESTED]
                 group.create_dataset(fmt.REQUESTED, data=merged.astype(np.int32))
-                self._done.setdefault(layer, set())
+        for layer, units in new.items():
+            self._requested.setdefault(layer, set()).update(units)
 
     def write_chunk(
         self,
@@ -140,13 +144,22 @@ class AtlasWriter:
             recorded (so a resume skips them) but get no image.
           num_filters_in_layer: the layer's filter count.
         """
+        self._check_open()
         failed = dict(failed or {})
         filters, images, objective, history = _check_chunk(
-            layer, filters, images, objective, history, failed, num_filters_in_layer,
-            self._done.get(layer, set()), self._layers.get(layer))
+            layer,
+            filters,
+            images,
+            objective,
+            history,
+            failed,
+            num_filters_in_layer,
+            self._done.get(layer, set()),
+            self._layers.get(layer),
+        )
         if not len(filters) and not failed:
             return
-        with self._snapshot() as f:
+        with snapshot(self.path) as f:
             group = _layer_group(f, layer, num_filters_in_layer)
             _ensure_data(group, images.shape[1], history.shape[1])
             _append(group, fmt.IMAGES, images)
@@ -164,30 +177,13 @@ class AtlasWriter:
         self._done.setdefault(layer, set()).update(int(i) for i in filters)
         self._done[layer].update(failed)
 
-    @contextlib.contextmanager
-    def _snapshot(self, fresh: bool = False) -> Iterator[h5py.File]:
-        """Yields a writable copy of the atlas; on success it atomically replaces it."""
-        try:
-            if not fresh:
-                shutil.copyfile(self.path, self._tmp)
-            with h5py.File(self._tmp, "r+" if not fresh else "w", track_order=True) as f:
-                yield f
-            with open(self._tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-            os.replace(self._tmp, self.path)
-            _fsync_dir(os.path.dirname(os.path.abspath(self.path)))
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.remove(self._tmp)
-            raise
+    def _check_open(self) -> None:
+        if not self._release.alive:
+            raise JaxvisError(f"the AtlasWriter of {self.path} is closed; open a new one")
 
     def close(self) -> None:
         """Releases the lock that keeps a second writer off this atlas."""
-        if self._lock is not None:
-            with contextlib.suppress(OSError):
-                os.remove(self.path + fmt.LOCK_SUFFIX)
-            os.close(self._lock)
-            self._lock = None
+        self._release()
 
     def __enter__(self) -> AtlasWriter:
         return self
@@ -196,68 +192,12 @@ class AtlasWriter:
         self.close()
 
 
-def _normalized_provenance(provenance: Mapping) -> dict:
-    missing = [k for k in ("model", "weights", "config") if k not in provenance]
-    if missing:
-        raise JaxvisError(f"atlas provenance lacks {', '.join(missing)}; expected keys: "
-                          "model, weights, config, device_kind")
-    prov = json.loads(json.dumps(dict(provenance), sort_keys=True, default=str))
-    prov.setdefault("device_kind", "unknown")
-    return prov
-
-
-def _identity(model: str, weights: Mapping, config: Mapping) -> dict:
-    ident = {"model": model}
-    ident.update({f"weights.{k}": weights.get(k) for k in fmt.WEIGHTS_IDENTITY_KEYS})
-    ident.update({f"config.{k}": v for k, v in config.items()
-                  if k not in fmt.RUN_ONLY_CONFIG_KEYS})
-    return ident
-
-
-def _check_identity(path: str, attrs: h5py.AttributeManager, prov: Mapping) -> None:
-    old = _identity(str(attrs[fmt.ATTR_MODEL]), json.loads(attrs[fmt.ATTR_WEIGHTS]),
-                    json.loads(attrs[fmt.ATTR_CONFIG]))
-    new = _identity(prov["model"], prov["weights"], prov["config"])
-    diffs = [k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
-    if diffs:
-        shown = "; ".join(f"{k}: {_short(old.get(k))} in the file, {_short(new.get(k))} now"
-                          for k in diffs)
-        raise JaxvisError(f"{path} was made with different settings ({shown}); pass "
-                          "--overwrite to start it over, or choose another output file")
-
-
-def _short(value: object, limit: int = 60) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _check_target(path: str) -> None:
     if os.path.isdir(path):
         raise JaxvisError(f"{path} is a directory; the atlas must be a file path like out.h5")
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise JaxvisError(f"cannot write {path}: directory {parent} does not exist")
-
-
-def _acquire_lock(path: str) -> int | None:
-    """An exclusive advisory lock on ``<atlas>.lock``; refuses a second writer."""
-    if fcntl is None:
-        return None
-    lock_path = path + fmt.LOCK_SUFFIX
-    while True:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise JaxvisError(f"another jaxvis process is writing {path} (it holds "
-                              f"{lock_path}); wait for it or choose another output") from None
-        try:  # the holder may have deleted the file between our open and our lock
-            if os.stat(lock_path).st_ino == os.fstat(fd).st_ino:
-                return fd
-        except FileNotFoundError:
-            pass
-        os.close(fd)
 
 
 def _write_root(f: h5py.File, prov: Mapping) -> None:
@@ -301,15 +241,30 @@ def _ensure_data(group: h5py.Group, size: int, steps: int) -> None:
         return
     group.attrs[fmt.ATTR_IMAGE_SIZE] = np.int32(size)
     group.attrs[fmt.ATTR_STEPS] = np.int32(steps)
-    group.create_dataset(fmt.IMAGES, (0, size, size, 3), np.uint8, maxshape=(None, size, size, 3),
-                         chunks=(1, size, size, 3), compression=fmt.IMAGE_COMPRESSION)
+    group.create_dataset(
+        fmt.IMAGES,
+        (0, size, size, 3),
+        np.uint8,
+        maxshape=(None, size, size, 3),
+        chunks=(1, size, size, 3),
+        compression=fmt.IMAGE_COMPRESSION,
+    )
     hist_rows = max(1, min(1024, 16384 // max(steps, 1)))
-    group.create_dataset(fmt.HISTORY, (0, steps), np.float32, maxshape=(None, steps),
-                         chunks=(hist_rows, max(steps, 1)))
-    for name, dtype in [(fmt.FILTERS, np.int32), (fmt.OBJECTIVE, np.float32),
-                        (fmt.FAILED_FILTERS, np.int32), (fmt.SECONDS, np.float64),
-                        (fmt.CHUNK_SIZES, np.int32),
-                        (fmt.FAILED_MESSAGES, h5py.string_dtype())]:
+    group.create_dataset(
+        fmt.HISTORY,
+        (0, steps),
+        np.float32,
+        maxshape=(None, steps),
+        chunks=(hist_rows, max(steps, 1)),
+    )
+    for name, dtype in [
+        (fmt.FILTERS, np.int32),
+        (fmt.OBJECTIVE, np.float32),
+        (fmt.FAILED_FILTERS, np.int32),
+        (fmt.SECONDS, np.float64),
+        (fmt.CHUNK_SIZES, np.int32),
+        (fmt.FAILED_MESSAGES, h5py.string_dtype()),
+    ]:
         group.create_dataset(name, (0,), dtype, maxshape=(None,), chunks=(1024,))
 
 
@@ -322,47 +277,47 @@ def _append(group: h5py.Group, name: str, rows: np.ndarray) -> None:
     dset[start:] = rows
 
 
-def _check_chunk(layer, filters, images, objective, history, failed, num_filters, done,
-                 known):
+def _check_chunk(layer, filters, images, objective, history, failed, num_filters, done, known):
     """Validates one chunk; returns the arrays in their stored dtypes."""
-    if not isinstance(layer, str) or not layer or "/" in layer or layer.startswith("."):
-        raise JaxvisError(f"invalid layer name {layer!r}; it must be non-empty, without '/'")
     filters = np.asarray(filters, np.int64).reshape(-1)
     images = np.asarray(images)
     n = len(filters)
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[0] != n \
-            or images.shape[3] != 3 or images.shape[1] != images.shape[2]:
-        raise JaxvisError(f"images must be uint8 [{n}, H, H, 3]; got {images.dtype} "
-                          f"{list(images.shape)}")
+    if (
+        images.dtype != np.uint8
+        or images.ndim != 4
+        or images.shape[0] != n
+        or images.shape[3] != 3
+        or images.shape[1] != images.shape[2]
+    ):
+        raise JaxvisError(
+            f"images must be uint8 [{n}, H, H, 3]; got {images.dtype} {list(images.shape)}"
+        )
     objective = np.asarray(objective, np.float32).reshape(-1)
     history = np.asarray(history, np.float32)
     if objective.shape != (n,) or history.ndim != 2 or history.shape[0] != n:
-        raise JaxvisError(f"objective must be [{n}] and history [{n}, steps]; got "
-                          f"{list(objective.shape)} and {list(history.shape)}")
+        raise JaxvisError(
+            f"objective must be [{n}] and history [{n}, steps]; got "
+            f"{list(objective.shape)} and {list(history.shape)}"
+        )
     everything = [*filters.tolist(), *failed]
-    bad = [i for i in everything if not 0 <= int(i) < num_filters]
-    if bad:
-        raise JaxvisError(f"filters {bad} out of range for layer {layer!r} "
-                          f"with {num_filters} filters")
-    again = sorted(set(everything) & done) or sorted(i for i in set(everything)
-                                                     if everything.count(i) > 1)
+    _check_units(layer, everything, num_filters)
+    counts = collections.Counter(everything)
+    again = sorted(set(everything) & done) or sorted(i for i, c in counts.items() if c > 1)
     if again:
         raise JaxvisError(f"filters {again} of layer {layer!r} are already written")
     if known is not None and known != (num_filters, images.shape[1], history.shape[1]):
-        raise JaxvisError(f"layer {layer!r} holds (filters, size, steps) = {known}; chunk "
-                          f"has {(num_filters, images.shape[1], history.shape[1])}")
+        raise JaxvisError(
+            f"layer {layer!r} holds (filters, size, steps) = {known}; chunk "
+            f"has {(num_filters, images.shape[1], history.shape[1])}"
+        )
     return filters.astype(np.int32), images, objective, history
 
 
-def _fsync_dir(directory: str) -> None:
-    """Makes a rename durable; a no-op where directories cannot be opened (Windows)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+def _check_units(layer: str, units: Sequence[int], num_filters: int) -> None:
+    if not isinstance(layer, str) or not layer or "/" in layer or layer.startswith("."):
+        raise JaxvisError(f"invalid layer name {layer!r}; it must be non-empty, without '/'")
+    bad = [int(i) for i in units if not 0 <= int(i) < num_filters]
+    if bad:
+        raise JaxvisError(
+            f"filters {bad} out of range for layer {layer!r} with {num_filters} filters"
+        )

@@ -1,0 +1,59 @@
+"""What makes two runs the same atlas, so that a resume never mixes settings.
+
+Identity is the model, the weights (source, hash, preprocessing, trained, seed; not the
+path, which may move) and the run config less :data:`format.RUN_ONLY_CONFIG_KEYS` (batch
+size and the like, which change no picture).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+from jaxvis.atlas import format as fmt
+from jaxvis.errors import JaxvisError
+
+
+def normalized_provenance(provenance: Mapping) -> dict:
+    """Checks the keys and round-trips through JSON, as the atlas will store it."""
+    missing = [k for k in ("model", "weights", "config") if k not in provenance]
+    if missing:
+        raise JaxvisError(
+            f"atlas provenance lacks {', '.join(missing)}; expected keys: "
+            "model, weights, config, device_kind"
+        )
+    prov = json.loads(json.dumps(dict(provenance), sort_keys=True, default=str))
+    prov.setdefault("device_kind", "unknown")
+    return prov
+
+
+def identity(model: str, weights: Mapping, config: Mapping) -> dict:
+    """Flat ``{"model": ..., "weights.sha256": ..., "config.steps": ...}``."""
+    ident = {"model": model}
+    ident.update({f"weights.{k}": weights.get(k) for k in fmt.WEIGHTS_IDENTITY_KEYS})
+    ident.update({f"config.{k}": v for k, v in config.items() if k not in fmt.RUN_ONLY_CONFIG_KEYS})
+    return ident
+
+
+def check_same_run(path: str, attrs: Mapping, prov: Mapping) -> None:
+    """Raises a one-line JaxvisError naming every difference between file and run."""
+    old = identity(
+        str(attrs[fmt.ATTR_MODEL]),
+        json.loads(attrs[fmt.ATTR_WEIGHTS]),
+        json.loads(attrs[fmt.ATTR_CONFIG]),
+    )
+    new = identity(prov["model"], prov["weights"], prov["config"])
+    diffs = [k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+    if diffs:
+        shown = "; ".join(
+            f"{k}: {_short(old.get(k))} in the file, {_short(new.get(k))} now" for k in diffs
+        )
+        raise JaxvisError(
+            f"{path} was made with different settings ({shown}); pass "
+            "--overwrite to start it over, or choose another output file"
+        )
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

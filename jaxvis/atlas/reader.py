@@ -1,0 +1,261 @@
+"""Reading atlases with h5py and numpy only: no jax is imported here.
+
+Analysis code and ``jaxvis info``/``export`` read atlases on machines without an
+accelerator; importing jax there would cost seconds and a device probe for nothing.
+
+Example::
+
+    from jaxvis.atlas import open_atlas
+
+    with open_atlas("vgg16.h5") as atlas:
+        view = atlas["block3_conv1"]
+        picture = view.image(17)            # uint8 [H, W, 3]
+        best = view.filters[view.objective.argmax()]
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+
+import h5py
+import numpy as np
+
+from jaxvis.atlas import format as fmt
+from jaxvis.errors import JaxvisError, choices
+
+
+def _open_h5(path: str) -> h5py.File:
+    """Opens ``path`` read-only, turning every failure into a one-line JaxvisError."""
+    if not os.path.exists(path):
+        raise JaxvisError(f"no such atlas file: {path}")
+    if os.path.isdir(path):
+        raise JaxvisError(f"{path} is a directory, not an atlas file")
+    try:
+        is_h5 = h5py.is_hdf5(path)
+    except OSError as e:
+        raise JaxvisError(f"cannot read {path}: {e.strerror or e}") from None
+    if not is_h5:
+        raise JaxvisError(f"{path} is not a jaxvis atlas (not an HDF5 file)")
+    try:  # the writer never changes a file in place, so readers need no lock
+        return h5py.File(path, "r", locking=False)
+    except OSError as e:
+        raise JaxvisError(f"cannot open {path} as HDF5: {str(e).splitlines()[0]}") from None
+
+
+def _check_format(path: str, f: h5py.File) -> None:
+    name = f.attrs.get(fmt.ATTR_FORMAT)
+    if name != fmt.FORMAT_NAME:
+        raise JaxvisError(
+            f"{path} is not a jaxvis atlas (an HDF5 file without "
+            f"format={fmt.FORMAT_NAME!r}); jaxvis will not read or change it"
+        )
+    version = int(f.attrs.get(fmt.ATTR_VERSION, -1))
+    if version > fmt.FORMAT_VERSION or version < 1:
+        raise JaxvisError(
+            f"{path} has atlas format_version {version}; this jaxvis reads "
+            f"versions 1 to {fmt.FORMAT_VERSION}; upgrade jaxvis"
+        )
+
+
+def check_atlas_file(path: str | os.PathLike) -> None:
+    """Raises a one-line JaxvisError unless ``path`` is a jaxvis atlas this version reads."""
+    path = os.fspath(path)
+    with _open_h5(path) as f:
+        _check_format(path, f)
+
+
+def open_atlas(path: str | os.PathLike) -> Atlas:
+    """Opens an atlas for reading; use it as a context manager to close the file."""
+    path = os.fspath(path)
+    f = _open_h5(path)
+    try:
+        _check_format(path, f)
+    except BaseException:
+        f.close()
+        raise
+    return Atlas(path, f)
+
+
+class Atlas:
+    """A read-only atlas: ``atlas.layers``, ``atlas[layer]``, ``atlas.provenance``."""
+
+    def __init__(self, path: str, file: h5py.File):
+        self.path = path
+        self._file = file
+        self.layers: list[str] = [k for k, v in file.items() if isinstance(v, h5py.Group)]
+
+    @functools.cached_property
+    def provenance(self) -> dict:
+        """Format, versions, creation time, model, weights, config and device(s)."""
+        a = self._file.attrs
+        return {
+            "format": str(a[fmt.ATTR_FORMAT]),
+            "format_version": int(a[fmt.ATTR_VERSION]),
+            "jaxvis_version": str(a.get(fmt.ATTR_JAXVIS_VERSION, "")),
+            "created": str(a.get(fmt.ATTR_CREATED, "")),
+            "model": str(a.get(fmt.ATTR_MODEL, "")),
+            "weights": json.loads(a.get(fmt.ATTR_WEIGHTS, "{}")),
+            "config": json.loads(a.get(fmt.ATTR_CONFIG, "{}")),
+            "device_kind": str(a.get(fmt.ATTR_DEVICE_KIND, "")),
+            "device_kinds": json.loads(a.get(fmt.ATTR_DEVICE_KINDS, "[]")),
+        }
+
+    @property
+    def config(self) -> dict:
+        """The run config, parsed from the ``config`` JSON attribute."""
+        return self.provenance["config"]
+
+    def __getitem__(self, layer: str) -> LayerView:
+        if layer not in self.layers:
+            raise JaxvisError(
+                f"layer {layer!r} is not in {self.path}; layers in it: "
+                f"{choices(self.layers) or '(none yet)'}"
+            )
+        return LayerView(layer, self._file[layer])
+
+    def __contains__(self, layer: object) -> bool:
+        return layer in self.layers
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> Atlas:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def summary(self) -> str:
+        """Provenance and per-layer progress as text (what ``jaxvis info`` prints)."""
+        p = self.provenance
+        w, c = p["weights"], p["config"]
+        trained = "trained" if w.get("trained", True) else "UNTRAINED"
+        lines = [
+            f"atlas    {self.path} ({p['format']} v{p['format_version']}, "
+            f"jaxvis {p['jaxvis_version']}, created {p['created']})",
+            f"model    {p['model']}",
+            f"weights  {w.get('source', '?')} ({trained}), preprocessing "
+            f"{w.get('preprocessing', '?')}, sha256 {w.get('sha256') or '-'}",
+            "config   "
+            + " ".join(f"{k}={_flat(v)}" for k, v in sorted(c.items()) if len(_flat(v)) <= 24),
+            *(f"         {k}: {_flat(v)}" for k, v in sorted(c.items()) if len(_flat(v)) > 24),
+            f"device   {', '.join(p['device_kinds']) or p['device_kind']}",
+        ]
+        if not self.layers:
+            return "\n".join([*lines, "layers   (none yet)"])
+        width = max(12, *(len(name) for name in self.layers))
+        lines.append(
+            f"{'layer':<{width}}  {'done':>9}  {'failed':>6}  {'in layer':>8}  "
+            f"{'size':>4}  {'seconds':>8}"
+        )
+        for name in self.layers:
+            v = self[name]
+            lines.append(
+                f"{name:<{width}}  {f'{len(v) + len(v.failed)}/{v.num_requested}':>9}  "
+                f"{len(v.failed):>6}  {v.num_filters_in_layer:>8}  "
+                f"{v.image_size or '-':>4}  {v.seconds.sum():>8.1f}"
+            )
+        return "\n".join(lines)
+
+
+def _flat(value: object) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+class LayerView:
+    """One layer of an atlas. ``images`` is the lazy h5py dataset; the rest are arrays."""
+
+    def __init__(self, name: str, group: h5py.Group):
+        self.name = name
+        self._group = group
+
+    def _array(self, key: str, dtype, width: tuple = ()) -> np.ndarray:
+        if key in self._group:
+            return self._group[key][()]
+        return np.zeros((0, *width), dtype)
+
+    @property
+    def images(self) -> h5py.Dataset | np.ndarray:
+        """uint8 [N, H, W, 3]; an h5py dataset, so slicing reads only what it needs."""
+        if fmt.IMAGES in self._group:
+            return self._group[fmt.IMAGES]
+        return np.zeros((0, 0, 0, 3), np.uint8)
+
+    @functools.cached_property
+    def filters(self) -> np.ndarray:
+        """int32 [N], the filter of each row of ``images``, ``objective``, ``history``."""
+        return self._array(fmt.FILTERS, np.int32)
+
+    @functools.cached_property
+    def objective(self) -> np.ndarray:
+        """float32 [N], final objective values."""
+        return self._array(fmt.OBJECTIVE, np.float32)
+
+    @functools.cached_property
+    def history(self) -> np.ndarray:
+        """float32 [N, steps], objective after each step."""
+        return self._array(fmt.HISTORY, np.float32, (self.steps,))
+
+    @functools.cached_property
+    def failed(self) -> dict[int, str]:
+        """``{filter: message}`` for filters that failed and have no image."""
+        keys = self._array(fmt.FAILED_FILTERS, np.int32)
+        msgs = self._array(fmt.FAILED_MESSAGES, object)
+        return {
+            int(k): m.decode() if isinstance(m, bytes) else str(m)
+            for k, m in zip(keys, msgs, strict=True)
+        }
+
+    @functools.cached_property
+    def requested(self) -> np.ndarray:
+        """int32 [R], sorted filters ever requested for this layer (may be empty)."""
+        return self._array(fmt.REQUESTED, np.int32)
+
+    @property
+    def num_requested(self) -> int:
+        """Filters requested, counting written ones that predate any request record."""
+        return len(set(self.requested.tolist()) | set(self.filters.tolist()) | set(self.failed))
+
+    @functools.cached_property
+    def seconds(self) -> np.ndarray:
+        """float64 [C], wall seconds of each chunk written."""
+        return self._array(fmt.SECONDS, np.float64)
+
+    @property
+    def num_filters_in_layer(self) -> int:
+        return int(self._group.attrs.get(fmt.ATTR_NUM_FILTERS, 0))
+
+    @property
+    def image_size(self) -> int:
+        return int(self._group.attrs.get(fmt.ATTR_IMAGE_SIZE, 0))
+
+    @property
+    def steps(self) -> int:
+        return int(self._group.attrs.get(fmt.ATTR_STEPS, 0))
+
+    def __len__(self) -> int:
+        return len(self.filters)
+
+    def index(self, filter: int) -> int:
+        """Row of ``filter`` in the arrays, or a one-line JaxvisError saying why not."""
+        rows = np.flatnonzero(self.filters == filter)
+        if len(rows):
+            return int(rows[0])
+        if filter in self.failed:
+            raise JaxvisError(f"filter {filter} of {self.name} failed: {self.failed[filter]}")
+        raise JaxvisError(
+            f"filter {filter} of {self.name} is not in the atlas; it holds "
+            f"{len(self)} filters: {choices(sorted(self.filters.tolist()), 20)}"
+        )
+
+    def image(self, filter: int) -> np.ndarray:
+        """uint8 [H, W, 3] picture of ``filter``."""
+        return self.images[self.index(filter)]

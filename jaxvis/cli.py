@@ -1,0 +1,151 @@
+"""The ``jaxvis`` command: argument parsing around library calls, nothing more.
+
+Every :class:`JaxvisError`, every OSError and Ctrl-C becomes one line on stderr and exit
+status 2 (argparse's own status for bad arguments), never a traceback. Subcommands that
+need jax import it inside their function, so ``jaxvis info`` and ``export`` stay light.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from jaxvis.errors import JaxvisError
+
+EXIT_ERROR = 2
+WEIGHTS_HELP = "imagenet (default, torchvision), random (untrained), or a Keras VGG16 .h5 path"
+
+
+def _weights(spec: str) -> str | None:
+    return None if spec == "random" else spec
+
+
+def cmd_layers(args: argparse.Namespace) -> None:
+    from jaxvis.models import vgg16
+
+    model = vgg16(_weights(args.weights))
+    width = max(len(la.name) for la in model.layers)
+    print(f"{'name':<{width}}  {'kind':<7}  {'filters':>7}")
+    for la in model.layers:
+        print(f"{la.name:<{width}}  {la.kind:<7}  {la.filters:>7}")
+
+
+def cmd_atlas(args: argparse.Namespace) -> None:
+    from jaxvis.filterspec import select
+    from jaxvis.models import vgg16
+    from jaxvis.scheduler import generate_atlas
+
+    model = vgg16(_weights(args.weights))
+    chosen = select(model, args.layers, args.filters, seed=args.seed)
+    out = generate_atlas(
+        model,
+        args.out,
+        chosen,
+        preset=args.preset,
+        size=args.size,
+        steps=args.steps,
+        seed=args.seed,
+        batch=args.batch,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    print(out)
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from jaxvis.export import export_atlas
+
+    written = export_atlas(
+        args.atlas, args.out, fmt=args.format, layers=args.layers, grid=args.grid
+    )
+    print(f"wrote {len(written)} files to {args.out}")
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    from jaxvis.atlas import open_atlas
+
+    with open_atlas(args.atlas) as atlas:
+        print(atlas.summary())
+
+
+def cmd_weights_fetch(args: argparse.Namespace) -> None:
+    from jaxvis.models.fetch import fetch
+
+    print(fetch(args.which, cache_dir=args.cache_dir, progress=not args.no_progress))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jaxvis",
+        description="Batched feature visualization for ConvNets, stored in HDF5 atlases.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("layers", help="list the model's layers and filter counts")
+    p.add_argument("--weights", default="imagenet", help=WEIGHTS_HELP)
+    p.set_defaults(func=cmd_layers)
+
+    p = sub.add_parser("atlas", help="visualize filters into an HDF5 atlas (resumable)")
+    p.add_argument("--layers", required=True, help="L1,L2 or all-conv")
+    p.add_argument("--filters", default="all", help="all, 0-15, 3,7,9, 0-3,9 or random:K")
+    p.add_argument("--out", required=True, help="atlas file, e.g. vgg16.h5")
+    p.add_argument("--size", type=int, default=224, help="image side in pixels")
+    p.add_argument("--steps", type=int, default=None, help="steps (default: the preset's)")
+    p.add_argument("--preset", default="lucid", help="lucid (default) or keras-vis")
+    p.add_argument("--batch", type=int, default=None, help="filters per chunk (default: auto)")
+    p.add_argument("--weights", default="imagenet", help=WEIGHTS_HELP)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start the atlas over if it was made with other settings",
+    )
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_atlas)
+
+    p = sub.add_parser("export", help="write an atlas's pictures as jpg/png files")
+    p.add_argument("atlas")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--format", default="jpg", choices=["jpg", "png"])
+    p.add_argument("--layers", default=None, help="L1,L2 (default: all in the atlas)")
+    p.add_argument("--grid", action="store_true", help="also a labelled sheet per layer")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("info", help="show an atlas's provenance and progress")
+    p.add_argument("atlas")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("weights", help="manage weights files")
+    wsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    f = wsub.add_parser("fetch", help="download Keras's VGG16 weights into the cache")
+    f.add_argument("which", nargs="?", default="notop", choices=["top", "notop"])
+    f.add_argument("--cache-dir", default=None)
+    f.add_argument("--no-progress", action="store_true")
+    f.set_defaults(func=cmd_weights_fetch)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the CLI; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        return _fail("interrupted; re-run the same command to resume")
+    except JaxvisError as e:
+        return _fail(str(e))
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        return _fail(f"{where}{e.strerror or e}")
+    return 0
+
+
+def _fail(message: str) -> int:
+    line = " ".join(str(message).split())  # one line, whatever the message held
+    print(f"jaxvis: error: {line}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
