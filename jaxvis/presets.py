@@ -14,7 +14,7 @@ Presets:
   ``input_modifiers=[Jitter(16)]``: a 0-255 pixel image seeded with grey noise,
   a circular jitter of up to 16 px each step, loss = -ActivationMaximization
   + 10 * LPNorm(p=6) + 10 * TotalVariation(beta=2) on the 0-255 input, the
-  gradient-normalised RMSProp of ``vis/optimizer.py``, 200 steps, and the lowest-loss
+  RMS-gradient-normalised RMSProp of ``vis/optimizer.py``, 200 steps, and the lowest-loss
   image returned. Deviations (documented in README): keras-vis's jitter is cumulative
   (the seed image itself is rolled each step); here the shift is applied to the
   model's view only, which keeps the optimizer state aligned with the pixels.
@@ -78,16 +78,6 @@ def _lucid_objective(layer: str) -> Objective:
     return obj.channel(layer, pre=True)
 
 
-def _keras_vis_objective(layer: str) -> Objective:
-    # keras-vis visualize_activation defaults: act_max_weight=1, lp_norm_weight=10,
-    # tv_weight=10; penalties on the 0-255 input (vis/visualization/activation_maximization.py).
-    return (
-        obj.channel(layer, pre=False)
-        - 10.0 * obj.lp_norm(p=6.0, scale=255.0)
-        - 10.0 * obj.total_variation(beta=2.0, scale=255.0)
-    )
-
-
 PRESETS: dict[str, Config] = {
     "lucid": Config(
         preset="lucid",
@@ -103,10 +93,10 @@ PRESETS: dict[str, Config] = {
         steps=200,
         param=lambda size: param.keras_vis_image(size),
         transforms=lambda size: transforms.roll_jitter(16),
-        objective=_keras_vis_objective,
+        objective=obj.keras_vis_objective,
         optimizer=optim.keras_vis_rmsprop,
         keep_best=True,
-        describe_optimizer="keras_vis_rmsprop(learning_rate=1.0, decay=0.95, eps=1e-7)",
+        describe_optimizer="keras_vis_rmsprop(learning_rate=1.0, decay=0.95, eps=1e-7, rms)",
     ),
 }
 

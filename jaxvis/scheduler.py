@@ -61,18 +61,16 @@ def generate_atlas(
         "device_kind": f"{jax.devices()[0].platform}:{jax.devices()[0].device_kind}"
                        f" x{jax.device_count()}",
     }
-    writer = AtlasWriter(out, provenance=provenance, overwrite=overwrite)
-    todo = {}
-    for layer, units in wanted.items():
-        done = writer.done(layer)
-        todo[layer] = np.array([u for u in units if int(u) not in done], np.int64)
-    bar = Progress({layer: len(units) for layer, units in todo.items()}, enabled=progress)
-    try:
-        for layer, units in todo.items():
-            _run_layer(model, writer, bar, layer, units, config,
-                       size=size, steps=steps, seed=seed, batch=batch)
-    finally:
-        bar.close()
+    with AtlasWriter(out, provenance=provenance, overwrite=overwrite) as writer:
+        writer.request(wanted, num_filters={la: model.num_filters(la) for la in wanted})
+        todo = {}
+        for layer, units in wanted.items():
+            done = writer.done(layer)
+            todo[layer] = np.array([u for u in units if int(u) not in done], np.int64)
+        with Progress({la: len(u) for la, u in todo.items()}, enabled=progress) as bar:
+            for layer, units in todo.items():
+                _run_layer(model, writer, bar, layer, units, config,
+                           size=size, steps=steps, seed=seed, batch=batch)
     return out
 
 
