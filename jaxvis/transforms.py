@@ -318,7 +318,9 @@ def compose(*transforms: Transform) -> NamedTransform:
     return NamedTransform(fn, "compose(" + ", ".join(describe(t) for t in transforms) + ")")
 
 
-def standard_transforms(size: int | tuple[int, int] | None = None) -> NamedTransform:
+def standard_transforms(
+    size: int | tuple[int, int] | None = None, *, fused: bool = True
+) -> NamedTransform:
     """Lucid's ``transform.standard_transforms``, then a crop back to a fixed size.
 
     Lucid (optvis/transform.py): ``pad(12, constant 0.5)``, ``jitter(8)``,
@@ -329,8 +331,16 @@ def standard_transforms(size: int | tuple[int, int] | None = None) -> NamedTrans
     centre crop gives the model ``size`` (default: the input size) instead of Lucid's
     12 px larger image.
 
+    With ``fused=True`` (the default) the whole chain is one affine map, sampled once,
+    bilinearly, at the output pixels only, with 0.5 outside the image. It draws the same
+    random shifts, scale and angle from the key as the unfused chain and equals it wherever
+    the chain is exact (integer shifts, 90-degree turns); elsewhere it interpolates once
+    instead of twice, so it is slightly sharper. It is about 4x cheaper per step on
+    XLA:CPU and compiles much faster: each resample's gradient is a scatter-add.
+
     Args:
       size: output int or (height, width); ``None`` crops back to the input's size.
+      fused: False applies the five transforms one after another.
     """
     steps = (
         pad(LUCID_PAD, mode="constant", value=0.5),
@@ -342,14 +352,47 @@ def standard_transforms(size: int | tuple[int, int] | None = None) -> NamedTrans
     chain = compose(*steps)
     hw = None if size is None else _size_hw(size)
 
-    def fn(key, images):
+    def unfused(key, images):
         _check_images(images, "standard_transforms")
         h, w = images.shape[1:3] if hw is None else hw
         return _center_crop(chain(key, images), h, w)
 
+    def fn(key, images):
+        _check_images(images, "standard_transforms")
+        h, w = images.shape[1:3] if hw is None else hw
+        return _lucid_affine(key, images, h, w)
+
     target = "input size" if hw is None else f"{hw[0]}x{hw[1]}"
     desc = f"standard_transforms({', '.join(describe(t) for t in steps)}, crop to {target})"
-    return NamedTransform(fn, desc)
+    if fused:
+        desc = desc[:-1] + ", fused into one bilinear resample)"
+    return NamedTransform(fn if fused else unfused, desc)
+
+
+def _lucid_affine(key: PRNGKey, images: Array, h: int, w: int) -> Array:
+    """The standard chain as one resample: output pixel -> source pixel, inverted step by step.
+
+    Frame coordinates are those of the padded image (size + 2 * LUCID_PAD), whose centre
+    the scale and rotation turn about, exactly as in the unfused chain.
+    """
+    k_pad, k_jit1, k_scale, k_rot, k_jit2 = jax.random.split(key, 5)
+    del k_pad  # padding is deterministic; split as compose() does, for the same draws
+    big_h, big_w = images.shape[1] + 2 * LUCID_PAD, images.shape[2] + 2 * LUCID_PAD
+    cy, cx = (big_h - 1) / 2.0, (big_w - 1) / 2.0
+    y, x = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32),
+                        indexing="ij")
+    d1 = random_offsets(k_jit1, 4).astype(jnp.float32)
+    d2 = random_offsets(k_jit2, 2).astype(jnp.float32)
+    s = random_choice(k_scale, LUCID_SCALES)
+    theta = jnp.deg2rad(random_choice(k_rot, LUCID_ANGLES))
+    cos, sin = jnp.cos(theta), jnp.sin(theta)
+    # crop offset, then undo jitter(2), rotate, scale, jitter(4) and the padding
+    qy = y + (big_h - h) // 2 - d2[0] - cy
+    qx = x + (big_w - w) // 2 - d2[1] - cx
+    ry, rx = qy * cos + qx * sin, qx * cos - qy * sin
+    src_y = cy + ry / s - d1[0] - LUCID_PAD
+    src_x = cx + rx / s - d1[1] - LUCID_PAD
+    return _resample(images, src_y, src_x, "constant", 0.5)
 
 
 def _size_hw(size) -> tuple[int, int]:

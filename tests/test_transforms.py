@@ -150,6 +150,30 @@ def test_standard_transforms_shapes_and_description():
     assert T.LUCID_SCALES[0] == pytest.approx(0.9) and len(T.LUCID_ANGLES) == 26
 
 
+@pytest.mark.parametrize("draws", ["shifts only", "quarter turns"])
+def test_fused_standard_transforms_equal_the_chain_where_exact(monkeypatch, draws):
+    # Integer shifts and 90-degree turns are exact in bilinear sampling, so there the
+    # fused single resample must equal the five transforms applied one by one.
+    monkeypatch.setattr(T, "LUCID_SCALES", (1.0,))
+    monkeypatch.setattr(T, "LUCID_ANGLES", (0.0,) if draws == "shifts only" else (90.0, -90.0))
+    img = jax.random.uniform(jax.random.key(3), (2, 14, 14, 3))
+    fused, chain = T.standard_transforms(), T.standard_transforms(fused=False)
+    for key in KEYS:
+        np.testing.assert_allclose(fused(key, img), chain(key, img), atol=1e-5)
+    assert "fused" in fused.description and "fused" not in chain.description
+
+
+def test_fused_standard_transforms_close_to_the_chain():
+    # With real scales and angles the chain interpolates twice; the fused map once.
+    img = jax.image.resize(jax.random.uniform(jax.random.key(4), (1, 8, 8, 3)),
+                           (1, 32, 32, 3), "linear")  # smooth, so double blur is small
+    fused, chain = T.standard_transforms(), T.standard_transforms(fused=False)
+    for key in KEYS:
+        a, b = fused(key, img), chain(key, img)
+        inner = np.s_[:, 6:-6, 6:-6]  # the corners differ where the chain smears edges
+        assert np.abs(np.asarray(a - b))[inner].mean() < 0.02
+
+
 def _all_transforms():
     return [
         T.pad(2),
@@ -159,6 +183,7 @@ def _all_transforms():
         T.random_rotate([-10, 10]),
         T.center_crop(6),
         T.standard_transforms(),
+        T.standard_transforms(fused=False),
     ]
 
 
