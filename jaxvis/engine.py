@@ -159,17 +159,35 @@ def block_steps_for(steps: int, platform: str) -> int:
     return divisor if divisor * 2 >= target else target
 
 
-def program(model: FeatureModel, layer: str, size: int, config: presets.Config, *,
-            steps: int | None = None, objective=None, param=None, transform="preset",
-            optimizer=None, platform: str | None = None) -> Program:
+def program(
+    model: FeatureModel,
+    layer: str,
+    size: int,
+    config: presets.Config,
+    *,
+    steps: int | None = None,
+    objective=None,
+    param=None,
+    transform="preset",
+    optimizer=None,
+    platform: str | None = None,
+) -> Program:
     """The cached compiled program for these settings (built on first use)."""
     platform = platform or jax.default_backend()
     key = (model, layer, size, config, steps, objective, param, transform, optimizer, platform)
     if key in _programs:
         _programs.move_to_end(key)
         return _programs[key]
-    recipe = presets.resolve(config, layer, size, steps=steps, objective=objective,
-                             param_=param, transform=transform, optimizer=optimizer)
+    recipe = presets.resolve(
+        config,
+        layer,
+        size,
+        steps=steps,
+        objective=objective,
+        param_=param,
+        transform=transform,
+        optimizer=optimizer,
+    )
     stop_at = deepest_layer(model, recipe.objective.layers or (layer,))
     ascent = Ascent(apply=model.apply, stop_at=stop_at, recipe=recipe)
     prog = Program(ascent, block_steps_for(recipe.steps, platform))
@@ -222,8 +240,9 @@ def failure(history: np.ndarray, final: float, image: np.ndarray) -> str | None:
     return None
 
 
-def run_chunk(prog: Program, params: Params, seed: int, layer: str, units: np.ndarray,
-              chunk: int) -> dict:
+def run_chunk(
+    prog: Program, params: Params, seed: int, layer: str, units: np.ndarray, chunk: int
+) -> dict:
     """Runs one chunk (padded to ``chunk`` units and masked) and fetches the results.
 
     Returns:
@@ -251,9 +270,15 @@ def run_chunk(prog: Program, params: Params, seed: int, layer: str, units: np.nd
             failed[unit] = f"filter {unit} of {layer} failed: {why}"
     imgs = images[ok]
     imgs = imgs[:, 0] if imgs.shape[1] == 1 else imgs  # [N, B, H, W, 3] -> [N, H, W, 3]
-    return {"filters": units[ok], "images": _to_uint8(imgs), "objective": final[ok],
-            "history": history[ok], "failed": failed, "seconds": seconds,
-            "compile_seconds": compile_seconds}
+    return {
+        "filters": units[ok],
+        "images": _to_uint8(imgs),
+        "objective": final[ok],
+        "history": history[ok],
+        "failed": failed,
+        "seconds": seconds,
+        "compile_seconds": compile_seconds,
+    }
 
 
 def _transform_override(transforms) -> tfm.Transform | None | str:
@@ -305,13 +330,27 @@ def visualize(
     units = check_filters(model, layer, filters)
     size = check_size(model, size)
     config = presets.get(preset)
-    prog = program(model, layer, size, config, steps=steps, objective=objective, param=param,
-                   transform=_transform_override(transforms), optimizer=optimizer)
-    chunk = check_batch(batch) if batch else devices.auto_chunk(
-        model, prog.ascent.stop_at, size, len(units))
+    prog = program(
+        model,
+        layer,
+        size,
+        config,
+        steps=steps,
+        objective=objective,
+        param=param,
+        transform=_transform_override(transforms),
+        optimizer=optimizer,
+    )
+    chunk = (
+        check_batch(batch)
+        if batch
+        else devices.auto_chunk(model, prog.ascent.stop_at, size, len(units))
+    )
     chunk = devices.round_up(chunk, jax.device_count())
-    parts = [run_chunk(prog, model.params, seed, layer, units[i : i + chunk], chunk)
-             for i in range(0, len(units), chunk)]
+    parts = [
+        run_chunk(prog, model.params, seed, layer, units[i : i + chunk], chunk)
+        for i in range(0, len(units), chunk)
+    ]
     return Visualization(
         layer=layer,
         filters=np.concatenate([p["filters"] for p in parts]),

@@ -141,5 +141,12 @@ def resolve(
         "optimizer": "custom optax transformation" if custom_opt else config.describe_optimizer,
         "keep_best": config.keep_best,
     }
-    return Recipe(steps=steps, param=param_, transform=transform, objective=objective,
-                  optimizer=optimizer, keep_best=config.keep_best, description=description)
+    return Recipe(
+        steps=steps,
+        param=param_,
+        transform=transform,
+        objective=objective,
+        optimizer=optimizer,
+        keep_best=config.keep_best,
+        description=description,
+    )

@@ -12,8 +12,8 @@ from collections.abc import Mapping, Sequence
 import jax
 import numpy as np
 
-from jaxvis import engine, presets
 from jaxvis import devices as dev
+from jaxvis import engine, presets
 from jaxvis.atlas import AtlasWriter
 from jaxvis.models.model import FeatureModel
 from jaxvis.progress import Progress
@@ -52,14 +52,15 @@ def generate_atlas(
     size = engine.check_size(model, size)
     if batch is not None:
         engine.check_batch(batch)
-    wanted = {layer: engine.check_filters(model, layer, filters)
-              for layer, filters in layers.items()}
+    wanted = {
+        layer: engine.check_filters(model, layer, filters) for layer, filters in layers.items()
+    }
     provenance = {
         "model": model.name,
         "weights": model.info.to_dict() if model.info else {},
         "config": run_config(config, size=size, steps=steps, seed=seed),
         "device_kind": f"{jax.devices()[0].platform}:{jax.devices()[0].device_kind}"
-                       f" x{jax.device_count()}",
+        f" x{jax.device_count()}",
     }
     with AtlasWriter(out, provenance=provenance, overwrite=overwrite) as writer:
         writer.request(wanted, num_filters={la: model.num_filters(la) for la in wanted})
@@ -69,8 +70,18 @@ def generate_atlas(
             todo[layer] = np.array([u for u in units if int(u) not in done], np.int64)
         with Progress({la: len(u) for la, u in todo.items()}, enabled=progress) as bar:
             for layer, units in todo.items():
-                _run_layer(model, writer, bar, layer, units, config,
-                           size=size, steps=steps, seed=seed, batch=batch)
+                _run_layer(
+                    model,
+                    writer,
+                    bar,
+                    layer,
+                    units,
+                    config,
+                    size=size,
+                    steps=steps,
+                    seed=seed,
+                    batch=batch,
+                )
     return out
 
 
@@ -84,8 +95,13 @@ def _run_layer(model, writer, bar, layer, units, config, *, size, steps, seed, b
     for i in range(0, len(units), chunk):
         part = engine.run_chunk(prog, model.params, seed, layer, units[i : i + chunk], chunk)
         writer.write_chunk(
-            layer, part["filters"], part["images"], part["objective"], part["history"],
-            seconds=part["seconds"] + part["compile_seconds"], failed=part["failed"],
+            layer,
+            part["filters"],
+            part["images"],
+            part["objective"],
+            part["history"],
+            seconds=part["seconds"] + part["compile_seconds"],
+            failed=part["failed"],
             num_filters_in_layer=model.num_filters(layer),
         )
         bar.advance(layer, len(units[i : i + chunk]))

