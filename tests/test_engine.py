@@ -17,6 +17,18 @@ from jaxvis import engine, objectives, presets
 SMALL = dict(size=32, steps=8)
 
 
+def assert_same_curves(a, b, frac=0.01):
+    """Objective curves agree to ``frac`` of their scale.
+
+    Differently shaped programs (chunk sizes, scan vs unrolled blocks, sharding) round
+    differently, and Adam carries that forward; values near zero make rtol useless.
+    A wrong unit or key gives curves that differ by their whole scale.
+    """
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.shape == b.shape
+    assert np.abs(a - b).max() <= frac * np.abs(b).max(), np.abs(a - b).max()
+
+
 @pytest.fixture(scope="module")
 def random_vgg():
     return jaxvis.vgg16(None, seed=1)
@@ -40,8 +52,8 @@ def test_vmap_equals_python_loop_over_run_one(random_vgg):
     for i, unit in enumerate(units):
         key = engine.unit_key(0, "block1_conv2", unit)
         image, value, history = run_one(random_vgg.params, key, jnp.int32(unit))
-        np.testing.assert_allclose(res.history[i], history, rtol=5e-3, atol=1e-4)
-        np.testing.assert_allclose(res.objective[i], value, rtol=5e-3, atol=1e-4)
+        assert_same_curves(res.history[i], history)
+        assert_same_curves(res.objective[i], value)
         expect = np.round(np.clip(np.asarray(image[0]), 0, 1) * 255)
         assert np.abs(res.images[i].astype(int) - expect).mean() < 0.5
         assert np.abs(res.images[i].astype(int) - expect).max() <= 3
@@ -65,7 +77,7 @@ def test_chunk_size_does_not_change_pictures(random_vgg):
     four = jaxvis.visualize(random_vgg, "block1_conv2", [6, 2, 3, 4], batch=4, **SMALL)
     order = [1, 2, 3, 0]
     assert np.abs(one.images.astype(int) - four.images[order].astype(int)).max() <= 1
-    np.testing.assert_allclose(one.history, four.history[order], rtol=1e-4, atol=1e-5)
+    assert_same_curves(one.history, four.history[order])
 
 
 def test_unit_key_depends_on_seed_layer_unit_only():
@@ -173,4 +185,4 @@ def test_sharded_run_equals_single_device(tmp_path, random_vgg):
     # Different chunk shapes compile to different programs; rounding differs slightly.
     diff = np.abs(sharded["images"].astype(int) - single.images.astype(int))
     assert diff.mean() < 0.5 and diff.max() <= 8  # a wrong unit or key: mean ~20+
-    np.testing.assert_allclose(sharded["history"], single.history, rtol=5e-3, atol=1e-4)
+    assert_same_curves(sharded["history"], single.history)
