@@ -161,3 +161,15 @@ def test_head_needs_224_px(model):
         assert message == (
             f"layer {name!r} is in the classifier head, which needs 224x224 images; got 64x64"
         )
+
+
+def test_bfloat16_path_stays_close_to_float32(imagenet_vgg):
+    from jaxvis.models.model import vgg16
+
+    fast = vgg16(dtype=jnp.bfloat16)
+    x = jax.random.uniform(jax.random.key(5), (1, 48, 48, 3))
+    ref = np.asarray(imagenet_vgg.features(x, "block3_conv1")["block3_conv1:pre"])
+    out = np.asarray(fast.features(x, "block3_conv1")["block3_conv1:pre"], np.float32)
+    assert fast.features(x, "block1_conv1")["block1_conv1"].dtype == jnp.bfloat16
+    rel = np.abs(out - ref).max() / np.abs(ref).max()
+    assert 1e-4 < rel < 3e-2, rel  # really bf16 (not silently fp32), and still close
