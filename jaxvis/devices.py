@@ -38,6 +38,26 @@ def activation_bytes(model: FeatureModel, stop_at: str, size: int, itemsize: int
     return total * itemsize * _ACT_COPIES
 
 
+def relative_cost(model: FeatureModel, stop_at: str, size: int) -> float:
+    """Rough cost of one filter-step up to ``stop_at``: conv multiply-adds, plus a per-pixel
+    term for the parameterization and transforms. Only ratios matter (progress ETAs).
+
+    The per-pixel term: a lucid step at block1_conv1, 224 px, spent about 12 ms outside
+    the convs on this project's CPU, about 2 G multiply-adds' worth at the measured rate
+    (benchmarks/README.md), i.e. some 30,000 per pixel.
+    """
+    total, side, channels = 0.0, size, 3
+    for layer in model.layers:
+        if layer.kind == "pool":
+            side //= 2
+        elif layer.kind == "conv":
+            total += side * side * channels * layer.filters * 9
+            channels = layer.filters
+        if layer.name == stop_at:
+            break
+    return total + 30_000.0 * size * size
+
+
 def device_memory(device: jax.Device) -> int | None:
     """Bytes the device can allocate, if it says."""
     try:

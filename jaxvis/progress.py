@@ -21,13 +21,18 @@ def format_duration(seconds: float) -> str:
 
 
 class Progress:
-    """Per-layer and overall done/total, rate in filters per second, and ETA.
+    """Per-layer and overall done/total, rate in filters per second, and ETAs.
+
+    The layer's rate and ETA come from the time since that layer started. The overall ETA
+    weighs the filters still to do by ``costs``: deep layers cost far more per filter
+    than early ones, so a plain filter count would promise far too early a finish.
 
     Args:
       layers: ``{layer: filters to do in this run}``, in run order.
       stream: where to draw (stderr by default, so stdout stays clean for results).
       enabled: False draws nothing (``--no-progress``).
       clock: seconds from a monotonic clock; ``time.monotonic`` unless testing.
+      costs: ``{layer: relative cost of one filter}`` (e.g. FLOPs); all 1 if omitted.
     """
 
     def __init__(
@@ -37,8 +42,11 @@ class Progress:
         stream: TextIO | None = None,
         enabled: bool = True,
         clock: Callable[[], float] = time.monotonic,
+        costs: Mapping[str, float] | None = None,
     ):
         self.totals = {name: int(n) for name, n in layers.items()}
+        self.costs = {name: float((costs or {}).get(name, 1.0)) for name in self.totals}
+        self._layer_start: float | None = None
         self.done = dict.fromkeys(self.totals, 0)
         self.stream = sys.stderr if stream is None else stream
         self.enabled = enabled
@@ -63,7 +71,9 @@ class Progress:
             self._start = self._clock()
         self.totals.setdefault(name, 0)
         self.done.setdefault(name, 0)
+        self.costs.setdefault(name, 1.0)
         self._layer = name
+        self._layer_start = self._clock()
         self._draw()
 
     def advance(self, layer: str, n: int = 1) -> None:
@@ -75,20 +85,24 @@ class Progress:
         self._draw()
 
     def line(self) -> str:
-        """The status text, e.g. ``block1_conv1 8/64 | total 8/128 | 2.0 filters/s |
-        ETA 1:00``."""
+        """The status text, e.g. ``block1_conv1 8/64, 2 filters/s, ETA 0:28 | total
+        8/128, ETA 9:40``."""
+        now = self._clock()
         parts = []
         if self._layer is not None:
             name = self._layer
-            parts.append(f"{name} {self.done[name]}/{self.totals[name]}")
-        parts.append(f"total {self.total_done}/{self.total}")
-        elapsed = self._clock() - self._start if self._start is not None else 0.0
-        rate = self.total_done / elapsed if elapsed > 0 else 0.0
-        if rate > 0:
-            parts.append(f"{rate:.3g} filters/s")
-            parts.append(f"ETA {format_duration((self.total - self.total_done) / rate)}")
-        else:
-            parts.append("ETA --")
+            done, total = self.done[name], self.totals[name]
+            elapsed = now - self._layer_start if self._layer_start is not None else 0.0
+            rate = done / elapsed if elapsed > 0 else 0.0
+            text = f"{name} {done}/{total}"
+            if rate > 0:
+                text += f", {rate:.3g} filters/s, ETA {format_duration((total - done) / rate)}"
+            parts.append(text)
+        elapsed = now - self._start if self._start is not None else 0.0
+        done_cost = sum(self.done[n] * self.costs[n] for n in self.totals)
+        left_cost = sum((self.totals[n] - self.done[n]) * self.costs[n] for n in self.totals)
+        eta = format_duration(left_cost * elapsed / done_cost) if done_cost and elapsed else "--"
+        parts.append(f"total {self.total_done}/{self.total}, ETA {eta}")
         return " | ".join(parts)
 
     def _draw(self) -> None:

@@ -68,7 +68,9 @@ def generate_atlas(
         for layer, units in wanted.items():
             done = writer.done(layer)
             todo[layer] = np.array([u for u in units if int(u) not in done], np.int64)
-        with Progress({la: len(u) for la, u in todo.items()}, enabled=progress) as bar:
+        costs = {layer: dev.relative_cost(model, layer, size) for layer in todo}
+        bar = Progress({la: len(u) for la, u in todo.items()}, enabled=progress, costs=costs)
+        with bar:
             for layer, units in todo.items():
                 _run_layer(
                     model,

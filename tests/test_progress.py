@@ -34,12 +34,24 @@ def test_log_output_one_line_per_update():
     bar.close()
     lines = out.getvalue().splitlines()
     assert "\r" not in out.getvalue()
-    assert lines[0] == "jaxvis: a 0/4 | total 0/12 | ETA --"
-    assert lines[1] == "jaxvis: a 2/4 | total 2/12 | 1 filters/s | ETA 0:10"
-    assert lines[2] == "jaxvis: a 4/4 | total 4/12 | 1 filters/s | ETA 0:08"
-    assert lines[4] == "jaxvis: b 4/8 | total 8/12 | 1 filters/s | ETA 0:04"
+    assert lines[0] == "jaxvis: a 0/4 | total 0/12, ETA --"
+    assert lines[1] == "jaxvis: a 2/4, 1 filters/s, ETA 0:02 | total 2/12, ETA 0:10"
+    assert lines[2] == "jaxvis: a 4/4, 1 filters/s, ETA 0:00 | total 4/12, ETA 0:08"
+    assert lines[3] == "jaxvis: b 0/8 | total 4/12, ETA 0:08"
+    assert lines[4] == "jaxvis: b 4/8, 1 filters/s, ETA 0:04 | total 8/12, ETA 0:04"
     assert lines[5] == "jaxvis: done: 8/12 filters in 0:08"
     assert len(lines) == 6
+
+
+def test_overall_eta_weighs_layers_by_cost():
+    clock, out = Clock(), io.StringIO()
+    bar = Progress(
+        {"cheap": 2, "dear": 2}, stream=out, clock=clock, costs={"cheap": 1.0, "dear": 10.0}
+    )
+    bar.start_layer("cheap")
+    clock.t += 2.0
+    bar.advance("cheap", 2)  # 2 cost units in 2 s; 20 units left -> 20 s, not 2 s
+    assert bar.line().endswith("total 2/4, ETA 0:20")
 
 
 def test_tty_redraws_in_place():
@@ -52,7 +64,7 @@ def test_tty_redraws_in_place():
     text = out.getvalue()
     assert text.startswith("\rlayer_with_long_name 0/100") and text.endswith("\n")
     assert text.count("\n") == 1 and text.count("\r") == 3
-    assert "5 filters/s | ETA 0:10" in text
+    assert "5 filters/s, ETA 0:10" in text
     # The shorter final line is padded so no characters of the longer one remain.
     last = text.split("\r")[-1].rstrip("\n")
     previous = text.split("\r")[-2]
