@@ -138,6 +138,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:
         where = f"{e.filename}: " if e.filename else ""
         return _fail(f"{where}{e.strerror or e}")
+    except RuntimeError as e:  # XLA's errors; only running out of memory is the user's
+        if "RESOURCE_EXHAUSTED" not in str(e) and "out of memory" not in str(e).lower():
+            raise
+        return _fail("the device ran out of memory; use a smaller --batch or --size")
     return 0
 
 

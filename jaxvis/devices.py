@@ -82,6 +82,16 @@ def auto_chunk(model: FeatureModel, stop_at: str, size: int, n_units: int) -> in
     return round_up(max(chunk, 1), n_dev)
 
 
+def chunk_size(
+    model: FeatureModel, stop_at: str, size: int, n_units: int, batch: int | None
+) -> int:
+    """Units per compiled chunk: ``batch`` or :func:`auto_chunk`, never more than the
+    units at hand (no padded work), and a multiple of the device count."""
+    n_dev = jax.device_count()
+    chunk = batch or auto_chunk(model, stop_at, size, n_units)
+    return round_up(min(chunk, round_up(n_units, n_dev)), n_dev)
+
+
 def round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 

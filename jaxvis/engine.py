@@ -341,12 +341,9 @@ def visualize(
         transform=_transform_override(transforms),
         optimizer=optimizer,
     )
-    chunk = (
+    if batch is not None:
         check_batch(batch)
-        if batch
-        else devices.auto_chunk(model, prog.ascent.stop_at, size, len(units))
-    )
-    chunk = devices.round_up(chunk, jax.device_count())
+    chunk = devices.chunk_size(model, prog.ascent.stop_at, size, len(units), batch)
     parts = [
         run_chunk(prog, model.params, seed, layer, units[i : i + chunk], chunk)
         for i in range(0, len(units), chunk)
@@ -368,6 +365,13 @@ def check_size(model: FeatureModel, size: int) -> int:
     if not isinstance(size, (int, np.integer)) or size < model.min_size:
         raise JaxvisError(f"size must be an integer >= {model.min_size} px; got {size!r}")
     return int(size)
+
+
+def check_runs(model: FeatureModel, layer: str, size: int) -> None:
+    """Traces the model at this size (no compute) so shape errors, like a head layer at a
+    size other than 224, surface before any file is written."""
+    image = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+    jax.eval_shape(lambda params, x: model.apply(params, x, layer), model.params, image)
 
 
 def check_batch(batch: int) -> int:

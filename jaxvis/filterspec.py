@@ -24,7 +24,7 @@ def _where(layer: str, num_filters: int) -> str:
 
 
 def _int(text: str, spec: str) -> int:
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise JaxvisError(
             f"bad filter spec {spec!r}: {text!r} is not a non-negative integer; use {_FORMS}"
         )

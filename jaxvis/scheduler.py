@@ -19,11 +19,13 @@ from jaxvis.models.model import FeatureModel
 from jaxvis.progress import Progress
 
 
-def run_config(config: presets.Config, *, size: int, steps: int | None, seed: int) -> dict:
+def run_config(
+    config: presets.Config, *, size: int, steps: int | None, seed: int, dtype: str
+) -> dict:
     """The layer-independent run config that identifies an atlas (batch is not part of it:
-    results do not depend on chunk size)."""
+    results do not depend on chunk size; the compute dtype is)."""
     recipe = presets.resolve(config, "{layer}", size, steps=steps)
-    return {**recipe.description, "seed": seed}
+    return {**recipe.description, "seed": seed, "dtype": dtype}
 
 
 def generate_atlas(
@@ -55,10 +57,12 @@ def generate_atlas(
     wanted = {
         layer: engine.check_filters(model, layer, filters) for layer, filters in layers.items()
     }
+    for layer in wanted:
+        engine.check_runs(model, layer, size)
     provenance = {
         "model": model.name,
         "weights": model.info.to_dict() if model.info else {},
-        "config": run_config(config, size=size, steps=steps, seed=seed),
+        "config": run_config(config, size=size, steps=steps, seed=seed, dtype=model.dtype),
         "device_kind": f"{jax.devices()[0].platform}:{jax.devices()[0].device_kind}"
         f" x{jax.device_count()}",
     }
@@ -92,8 +96,7 @@ def _run_layer(model, writer, bar, layer, units, config, *, size, steps, seed, b
     if len(units) == 0:
         return
     prog = engine.program(model, layer, size, config, steps=steps)
-    chunk = batch or dev.auto_chunk(model, prog.ascent.stop_at, size, len(units))
-    chunk = dev.round_up(chunk, jax.device_count())
+    chunk = dev.chunk_size(model, prog.ascent.stop_at, size, len(units), batch)
     for i in range(0, len(units), chunk):
         part = engine.run_chunk(prog, model.params, seed, layer, units[i : i + chunk], chunk)
         writer.write_chunk(

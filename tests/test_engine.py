@@ -1,5 +1,6 @@
 """The batched engine: ascent works, vmap equals the loop, no retrace, determinism."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import jaxvis
@@ -101,9 +103,17 @@ def test_presets_give_finite_nonconstant_images(random_vgg, preset):
 
 
 def test_keras_vis_keeps_the_best_image(random_vgg):
-    res = jaxvis.visualize(random_vgg, "block1_conv2", [1], preset="keras-vis", **SMALL)
-    # keras-vis returns its lowest-loss input: the final value is the best seen, not the last.
-    assert res.objective[0] >= res.history[0].max() - 1e-3 * abs(res.history[0].max())
+    # An optimizer that climbs the loss makes the objective fall step by step, so the
+    # best image is the first one: keep_best must return it, not the last.
+    downhill = optax.sgd(-2.0)
+    kw = dict(preset="keras-vis", transforms=[], optimizer=downhill, **SMALL)
+    res = jaxvis.visualize(random_vgg, "block1_conv2", [1], **kw)
+    history = res.history[0]
+    assert history[-1] < history[0] - 0.1 * abs(history[0])  # it really fell
+    np.testing.assert_allclose(res.objective[0], history.max(), rtol=1e-4)
+    last = dataclasses.replace(presets.get("keras-vis"), keep_best=False)
+    plain = jaxvis.visualize(random_vgg, "block1_conv2", [1], **{**kw, "preset": last})
+    assert plain.objective[0] < history.max() - 0.05 * abs(history.max())
 
 
 def test_non_finite_unit_is_reported_failed(random_vgg):
@@ -186,3 +196,28 @@ def test_sharded_run_equals_single_device(tmp_path, random_vgg):
     diff = np.abs(sharded["images"].astype(int) - single.images.astype(int))
     assert diff.mean() < 0.5 and diff.max() <= 8  # a wrong unit or key: mean ~20+
     assert_same_curves(sharded["history"], single.history)
+
+
+def test_atlas_refuses_a_size_the_layer_cannot_take_before_writing(tmp_path, random_vgg):
+    def apply(params, images, stop_at):  # like VGG16's head: one input size only
+        if images.shape[1] != 48:
+            raise jaxvis.JaxvisError(f"layer {stop_at!r} needs 48x48 images")
+        return random_vgg.apply(params, images, stop_at)
+
+    model = jaxvis.FeatureModel(
+        name="fixed-size", apply=apply, params=random_vgg.params, layers=random_vgg.layers
+    )
+    out = tmp_path / "a.h5"
+    with pytest.raises(jaxvis.JaxvisError, match="48x48"):
+        jaxvis.generate_atlas(model, str(out), {"block1_conv1": [0]}, size=32, steps=2)
+    assert not out.exists()
+
+
+def test_atlas_config_records_the_compute_dtype(tmp_path, random_vgg):
+    out = str(tmp_path / "a.h5")
+    jaxvis.generate_atlas(random_vgg, out, {"block1_conv1": [0]}, size=32, steps=2, progress=False)
+    with jaxvis.open_atlas(out) as atlas:
+        assert atlas.config["dtype"] == "float32"
+    bf16 = dataclasses.replace(random_vgg, dtype="bfloat16")
+    with pytest.raises(jaxvis.JaxvisError, match="dtype"):
+        jaxvis.generate_atlas(bf16, out, {"block1_conv1": [1]}, size=32, steps=2, progress=False)

@@ -103,3 +103,10 @@ def test_select_draws_per_layer():
     assert all(len(v) == 4 for v in chosen.values())
     assert max(chosen["block5_conv1"]) < 512
     assert chosen["block1_conv1"] == parse_filters("random:4", 64, seed=3, layer="block1_conv1")
+
+
+def test_non_ascii_digits_are_a_clean_error():
+    with pytest.raises(JaxvisError):
+        parse_filters("²", 64)
+    with pytest.raises(JaxvisError):
+        parse_filters("1-²", 64)

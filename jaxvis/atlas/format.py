@@ -14,7 +14,7 @@ Layout (version 1)::
         images               uint8   [N, H, W, 3]  RGB, chunked one filter per chunk
         filters              int32   [N]           filter index of each row
         objective            float32 [N]           final objective value
-        history              float32 [N, steps]    objective after each step
+        history              float32 [N, steps]    objective at each step, before its update
         requested            int32   [R]           sorted filters ever requested
         failed_filters       int32   [F]           filters that failed (no image)
         failed_messages      str     [F]           why each failed

@@ -201,7 +201,7 @@ class LayerView:
 
     @functools.cached_property
     def history(self) -> np.ndarray:
-        """float32 [N, steps], objective after each step."""
+        """float32 [N, steps], objective at each step, before its update."""
         return self._array(fmt.HISTORY, np.float32, (self.steps,))
 
     @functools.cached_property

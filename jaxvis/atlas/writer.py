@@ -138,7 +138,7 @@ class AtlasWriter:
           filters: int [n], the filters that succeeded (rows of the arrays below).
           images: uint8 [n, H, W, 3] RGB.
           objective: float [n], final objective values.
-          history: float [n, steps], objective after each step.
+          history: float [n, steps], objective at each step, before its update.
           seconds: wall time the chunk took.
           failed: ``{filter: message}`` for filters of the chunk that failed; they are
             recorded (so a resume skips them) but get no image.

@@ -39,6 +39,7 @@ class FeatureModel:
       min_size: smallest accepted image side in pixels.
       unavailable: ``{layer: reason}`` for layers this instance cannot compute (a head
         asked of headless weights), so the error can say why.
+      dtype: compute dtype name, recorded in atlases (bf16 and fp32 pictures differ).
 
     Equality is identity, so a model can key the engine's compile cache.
     """
@@ -50,6 +51,7 @@ class FeatureModel:
     info: WeightsInfo | None = None
     min_size: int = 1
     unavailable: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    dtype: str = "float32"
 
     def layer(self, name: str) -> LayerInfo:
         """The named layer, or a one-line error listing the valid ones."""
@@ -112,4 +114,5 @@ def vgg16(weights: str | None = "imagenet", seed: int = 0, dtype=jnp.float32) ->
         info=info,
         min_size=_vgg.MIN_SIZE,
         unavailable=unavailable,
+        dtype=jnp.dtype(dtype).name,
     )
