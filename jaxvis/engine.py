@@ -59,14 +59,13 @@ def unit_key(seed: int, layer: str, unit: int) -> PRNGKey:
     It does not depend on chunk size, position in the chunk or device count, so a filter's
     picture is reproducible across runs and machines (up to float tolerance).
     """
-    layer_id = zlib.crc32(layer.encode()) & 0x7FFFFFFF  # stable, unlike Python's hash()
-    key = jax.random.fold_in(jax.random.key(seed), layer_id)
-    return jax.random.fold_in(key, unit)
+    return unit_keys(seed, layer, [unit])[0]
 
 
 def unit_keys(seed: int, layer: str, units: Sequence[int]) -> PRNGKey:
-    """Keys for several units [N]."""
-    base = jax.random.fold_in(jax.random.key(seed), zlib.crc32(layer.encode()) & 0x7FFFFFFF)
+    """Keys for several units [N]; unit u's key is the same in any list (see unit_key)."""
+    layer_id = zlib.crc32(layer.encode()) & 0x7FFFFFFF  # stable, unlike Python's hash()
+    base = jax.random.fold_in(jax.random.key(seed), layer_id)
     return jax.vmap(lambda u: jax.random.fold_in(base, u))(jnp.asarray(units, jnp.uint32))
 
 
@@ -108,7 +107,6 @@ class Program:
         self.ascent = ascent
         self.block_steps = block_steps
         self.traces = 0
-        self.compiled_shapes: set = set()
         self.init = jax.jit(self._init)
         self.block = jax.jit(self._block, donate_argnums=(1,))
         self.finish = jax.jit(self._finish)
