@@ -32,11 +32,13 @@ def cmd_layers(args: argparse.Namespace) -> None:
 
 
 def cmd_atlas(args: argparse.Namespace) -> None:
+    import jax.numpy as jnp
+
     from jaxvis.filterspec import select
     from jaxvis.models import vgg16
     from jaxvis.scheduler import generate_atlas
 
-    model = vgg16(_weights(args.weights))
+    model = vgg16(_weights(args.weights), dtype=jnp.dtype(args.dtype))
     chosen = select(model, args.layers, args.filters, seed=args.seed)
     out = generate_atlas(
         model,
@@ -96,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=None, help="filters per chunk (default: auto)")
     p.add_argument("--weights", default="imagenet", help=WEIGHTS_HELP)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16"],
+        help="compute dtype of the network (bfloat16: faster on GPUs/TPUs, not on CPUs)",
+    )
     p.add_argument(
         "--overwrite",
         action="store_true",

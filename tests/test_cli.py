@@ -270,3 +270,28 @@ def test_info_and_export_do_not_import_jax(tmp_path):
         f"assert 'jax' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_atlas_dtype_flag_reaches_the_model_and_the_config(tmp_path, capsys):
+    out = str(tmp_path / "bf16.h5")
+    tiny = ["--weights", "random", "--layers", "block1_conv1", "--filters", "0"]
+    code, _, err = run_main(
+        capsys,
+        "atlas",
+        *tiny,
+        "--size",
+        "32",
+        "--steps",
+        "2",
+        "--dtype",
+        "bfloat16",
+        "--no-progress",
+        "--out",
+        out,
+    )
+    assert code == 0, err
+    with open_atlas(out) as atlas:
+        assert atlas.config["dtype"] == "bfloat16"
+        assert list(atlas["block1_conv1"].filters) == [0]
+    with pytest.raises(SystemExit):  # argparse: exit 2 with a usage line
+        cli.main(["atlas", *tiny, "--dtype", "float16", "--out", out])
