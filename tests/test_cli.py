@@ -34,6 +34,22 @@ TINY = [
 ]
 
 
+def one_filter_atlas(path):
+    """A minimal valid atlas: layer "c", filter 0, a 4x4 black image."""
+    prov = {"model": "vgg16", "weights": {}, "config": {}, "device_kind": "cpu"}
+    with AtlasWriter(path, provenance=prov) as w:
+        w.write_chunk(
+            "c",
+            [0],
+            np.zeros((1, 4, 4, 3), np.uint8),
+            [0],
+            [[0]],
+            seconds=0,
+            num_filters_in_layer=1,
+        )
+    return path
+
+
 def run_main(capsys, *argv):
     code = cli.main(list(argv))
     out, err = capsys.readouterr()
@@ -104,18 +120,7 @@ def test_atlas_refuses_foreign_out_even_with_overwrite(capsys, foreign):
 
 
 def test_export_unwritable_out(capsys, tmp_path):
-    path = tmp_path / "a.h5"
-    prov = {"model": "vgg16", "weights": {}, "config": {}, "device_kind": "cpu"}
-    with AtlasWriter(path, provenance=prov) as w:
-        w.write_chunk(
-            "c",
-            [0],
-            np.zeros((1, 4, 4, 3), np.uint8),
-            [0],
-            [[0]],
-            seconds=0,
-            num_filters_in_layer=1,
-        )
+    path = one_filter_atlas(tmp_path / "a.h5")
     (tmp_path / "file").write_text("")
     code, _, err = run_main(capsys, "export", str(path), "--out", str(tmp_path / "file" / "d"))
     assert_one_line_error(code, err, "cannot create output directory")
@@ -251,18 +256,7 @@ def test_end_to_end_then_kill_and_resume_equals_uninterrupted(tmp_path, capsys):
 
 
 def test_info_and_export_do_not_import_jax(tmp_path):
-    path = tmp_path / "a.h5"
-    prov = {"model": "vgg16", "weights": {}, "config": {}, "device_kind": "cpu"}
-    with AtlasWriter(path, provenance=prov) as w:
-        w.write_chunk(
-            "c",
-            [0],
-            np.zeros((1, 4, 4, 3), np.uint8),
-            [0],
-            [[0]],
-            seconds=0,
-            num_filters_in_layer=1,
-        )
+    path = one_filter_atlas(tmp_path / "a.h5")
     code = (
         f"import sys; from jaxvis.cli import main; "
         f"assert main(['info', {str(path)!r}]) == 0; "
