@@ -8,7 +8,8 @@ The loop is split into three pure pieces so the engine can choose how to drive i
 ``init_one`` (make the image parameters and optimizer state), ``step_one`` (one Adam/
 RMSProp step) and ``finish_one`` (final image and objective). :func:`run_one` chains them
 with ``lax.scan``; the engine instead runs blocks of unrolled steps, because on XLA:CPU
-convolutions inside a while loop ran 3-4x slower (shared/PERF-NOTES.md, fact 1).
+convolutions inside a while loop ran 3-4x slower (benchmarks/README.md, "while-loop
+convolutions").
 
 Sign convention: objectives are maximized; the loss is ``-objective`` and this module is
 the only place where that negation happens.

@@ -28,7 +28,7 @@ def cmd_layers(args: argparse.Namespace) -> None:
     width = max(len(la.name) for la in model.layers)
     print(f"{'name':<{width}}  {'kind':<7}  {'filters':>7}")
     for la in model.layers:
-        print(f"{la.name:<{width}}  {la.kind:<7}  {la.filters:>7}")
+        print(f"{la.name:<{width}}  {la.kind:<7}  {la.num_filters:>7}")
 
 
 def cmd_atlas(args: argparse.Namespace) -> None:

@@ -3,11 +3,13 @@
 The rule for the automatic chunk size (``batch=None``):
 
 * CPU: one unit per device. A 2-core CPU is already compute-bound at one image; vmap over
-  8-32 units ran at about 75% of one-at-a-time throughput (shared/PERF-NOTES.md, fact 4;
-  re-measured by benchmarks/chunk_sweep.py).
+  8-32 units ran at about 75% of one-at-a-time throughput (benchmarks/README.md, "vmap on
+  CPU"; measured by benchmarks/chunk_sweep.py).
 * GPU/TPU: as many units as fit in half the device memory, by a conservative estimate of
   the per-unit activation memory of a forward and backward pass, rounded down to a power
-  of two and capped at 256. One image cannot fill an accelerator; a chunk can.
+  of two and capped at 256. One image cannot fill an accelerator; a chunk can. The
+  activation shapes come from ``jax.eval_shape`` of the model, so any architecture
+  (strides, 1x1 convs, residual blocks) is counted as it is.
 
 In both cases the chunk is a multiple of the device count, so each device gets an equal
 slice of the unit axis.
@@ -15,47 +17,26 @@ slice of the unit axis.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxvis.models.model import FeatureModel
+from jaxvis.models.feature_model import FeatureModel
 
 MAX_CHUNK = 256
-_ACT_COPIES = 6  # pre, post and their cotangents, plus workspace: a rough upper bound
+# The activations a forward pass returns (pre- and post-activation of each layer), times
+# this for their cotangents and XLA's workspace in the backward pass: a rough upper bound.
+_BACKWARD_COPIES = 3
 
 
-def activation_bytes(model: FeatureModel, stop_at: str, size: int, itemsize: int = 4) -> int:
-    """Estimated bytes of activations one unit keeps alive for fwd + bwd up to ``stop_at``."""
-    total, side = 0, size
-    for layer in model.layers:
-        if layer.kind == "pool":
-            side //= 2
-        elif layer.kind == "conv":
-            total += side * side * layer.filters
-        if layer.name == stop_at:
-            break
-    return total * itemsize * _ACT_COPIES
-
-
-def relative_cost(model: FeatureModel, stop_at: str, size: int) -> float:
-    """Rough cost of one filter-step up to ``stop_at``: conv multiply-adds, plus a per-pixel
-    term for the parameterization and transforms. Only ratios matter (progress ETAs).
-
-    The per-pixel term: a lucid step at block1_conv1, 224 px, spent about 12 ms outside
-    the convs on this project's CPU, about 2 G multiply-adds' worth at the measured rate
-    (benchmarks/README.md), i.e. some 30,000 per pixel.
-    """
-    total, side, channels = 0.0, size, 3
-    for layer in model.layers:
-        if layer.kind == "pool":
-            side //= 2
-        elif layer.kind == "conv":
-            total += side * side * channels * layer.filters * 9
-            channels = layer.filters
-        if layer.name == stop_at:
-            break
-    return total + 30_000.0 * size * size
+def activation_bytes(model: FeatureModel, stop_at: str, size: int) -> int:
+    """Estimated bytes one unit keeps alive for forward + backward up to ``stop_at``, from
+    the shapes and dtypes that ``jax.eval_shape`` gives for the model's activations."""
+    shapes = model.shapes(stop_at, size)
+    total = sum(math.prod(s.shape) * np.dtype(s.dtype).itemsize for s in shapes.values())
+    return int(total) * _BACKWARD_COPIES
 
 
 def device_memory(device: jax.Device) -> int | None:
@@ -72,14 +53,18 @@ def auto_chunk(model: FeatureModel, stop_at: str, size: int, n_units: int) -> in
     devices = jax.devices()
     n_dev = len(devices)
     if devices[0].platform == "cpu":
-        chunk = n_dev
-    else:
-        memory = device_memory(devices[0]) or 16 * 2**30
-        per_unit = max(1, activation_bytes(model, stop_at, size))
-        fit = max(1, int(memory * 0.5 // per_unit)) * n_dev
-        chunk = min(MAX_CHUNK * n_dev, 1 << (fit.bit_length() - 1))
-        chunk = min(chunk, round_up(n_units, n_dev))
-    return round_up(max(chunk, 1), n_dev)
+        return n_dev
+    memory = device_memory(devices[0]) or 16 * 2**30
+    per_unit = activation_bytes(model, stop_at, size)
+    return min(accelerator_chunk(per_unit, memory, n_dev), round_up(n_units, n_dev))
+
+
+def accelerator_chunk(per_unit_bytes: int, memory_bytes: int, n_dev: int) -> int:
+    """Units per chunk on accelerators: as many as fit in half of one device's memory, per
+    device, rounded down to a power of two, capped at :data:`MAX_CHUNK` per device."""
+    per_device = max(1, int(memory_bytes * 0.5 // max(1, per_unit_bytes)))
+    per_device = min(MAX_CHUNK, 1 << (per_device.bit_length() - 1))
+    return per_device * n_dev
 
 
 def chunk_size(

@@ -2,9 +2,17 @@
 
 ``visualize`` is the jaxvis counterpart of keras-vis's ``visualize_activation``, for a
 whole list of filters at once. Units are processed in chunks; each chunk is one vmapped
-program (see :mod:`jaxvis.ascent`) driven in blocks of unrolled steps. Compiled programs
-are cached per (model, layer, size, steps, config), so a second call with the same shapes
-traces nothing.
+program (see :mod:`jaxvis.ascent`) driven in blocks of unrolled steps.
+
+The path from a request to results is one straight line: :func:`program` builds (or finds
+in its cache) the compiled pieces for a layer, and :func:`chunks` runs a layer's units
+through them chunk by chunk, yielding one typed :class:`~jaxvis.chunk.Chunk` each time.
+:func:`visualize` concatenates the chunks; ``jaxvis.scheduler.generate_atlas`` writes each
+one to the atlas as it comes.
+
+Compiled programs are cached on what the compiled code depends on: the model's ``apply``
+and layer names, the layer, the size and the recipe. The params are arguments of every
+call and never part of the key, so the cache keeps no model's weights alive.
 """
 
 from __future__ import annotations
@@ -13,23 +21,23 @@ import collections
 import dataclasses
 import time
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxvis import devices, presets
-from jaxvis import transforms as tfm
 from jaxvis._types import Params, PRNGKey
 from jaxvis.ascent import Ascent
+from jaxvis.chunk import Chunk
 from jaxvis.errors import JaxvisError
-from jaxvis.models.model import FeatureModel
+from jaxvis.models.feature_model import FeatureModel
 
 # Steps unrolled per compiled block. On XLA:CPU a while-loop body ran convolutions 3-4x
-# slower than straight-line code (shared/PERF-NOTES.md, fact 1), so the step loop is a
-# Python loop over compiled blocks; more steps per block cost compile time, fewer cost
-# dispatch. Chosen by benchmarks/chunk_sweep.py.
+# slower than straight-line code (benchmarks/README.md, "while-loop convolutions"), so the
+# step loop is a Python loop over compiled blocks; more steps per block cost compile time,
+# fewer cost dispatch. Chosen by benchmarks/chunk_sweep.py.
 BLOCK_STEPS = {"cpu": 8, "gpu": 16, "tpu": 16}
 _CACHE_SIZE = 32
 _COMPILE_EVENTS = (
@@ -140,6 +148,15 @@ class Program:
         history = jnp.concatenate(blocks, axis=1)[:, :steps]
         return images, final, history
 
+    def step_flops(self, params: Params) -> float:
+        """FLOPs of one step of one unit, as XLA counts them in the lowered program (model,
+        parameterization, transforms and optimizer alike; nothing is compiled or run)."""
+        key = jax.random.key(0)
+        state = jax.eval_shape(self.ascent.init_one, key)
+        step = jax.jit(self.ascent.step_one)
+        lowered = step.lower(params, state, key, jnp.int32(0), jnp.int32(0))
+        return float(lowered.cost_analysis()["flops"])
+
 
 _programs: collections.OrderedDict = collections.OrderedDict()
 
@@ -166,13 +183,21 @@ def program(
     steps: int | None = None,
     objective=None,
     param=None,
-    transform="preset",
+    transforms=None,
     optimizer=None,
     platform: str | None = None,
 ) -> Program:
-    """The cached compiled program for these settings (built on first use)."""
+    """The cached compiled program for these settings (built on first use).
+
+    The overrides mean what they mean in :func:`presets.resolve`: ``None`` takes the
+    config's part, ``transforms=[]`` runs with none.
+    """
     platform = platform or jax.default_backend()
-    key = (model, layer, size, config, steps, objective, param, transform, optimizer, platform)
+    if transforms is not None and not callable(transforms):
+        transforms = tuple(transforms)  # hashable
+    layer_names = tuple(la.name for la in model.layers)
+    key = (model.apply, layer_names, layer, size, config, steps, objective, param)
+    key += (transforms, optimizer, platform)
     if key in _programs:
         _programs.move_to_end(key)
         return _programs[key]
@@ -182,44 +207,17 @@ def program(
         size,
         steps=steps,
         objective=objective,
-        param_=param,
-        transform=transform,
+        param=param,
+        transforms=transforms,
         optimizer=optimizer,
     )
-    stop_at = deepest_layer(model, recipe.objective.layers or (layer,))
+    stop_at = model.deepest(recipe.objective.layers or (layer,))
     ascent = Ascent(apply=model.apply, stop_at=stop_at, recipe=recipe)
     prog = Program(ascent, block_steps_for(recipe.steps, platform))
     _programs[key] = prog
     while len(_programs) > _CACHE_SIZE:
         _programs.popitem(last=False)
     return prog
-
-
-def deepest_layer(model: FeatureModel, layers: Iterable[str]) -> str:
-    """The layer, among ``layers``, that comes last in the model (the truncation point)."""
-    order = {la.name: i for i, la in enumerate(model.layers)}
-    names = [la.removesuffix(":pre") for la in layers]
-    for name in names:
-        model.layer(name)  # one-line error listing valid layers
-    return max(names, key=order.__getitem__)
-
-
-def check_filters(model: FeatureModel, layer: str, filters: Iterable[int]) -> np.ndarray:
-    """Filters as int array, or a one-line error giving the layer's filter count."""
-    count = model.num_filters(layer)
-    try:
-        units = np.array([int(f) for f in filters], dtype=np.int64)
-    except (TypeError, ValueError):
-        raise JaxvisError(f"filters must be integers in [0, {count}) for {layer}") from None
-    if units.size == 0:
-        raise JaxvisError(f"no filters given for {layer}; it has {count} (0-{count - 1})")
-    bad = units[(units < 0) | (units >= count)]
-    if bad.size:
-        raise JaxvisError(
-            f"filter {int(bad[0])} is out of range for {layer}, which has {count} filters "
-            f"(0-{count - 1})"
-        )
-    return units
 
 
 def _to_uint8(images: np.ndarray) -> np.ndarray:
@@ -240,13 +238,8 @@ def failure(history: np.ndarray, final: float, image: np.ndarray) -> str | None:
 
 def run_chunk(
     prog: Program, params: Params, seed: int, layer: str, units: np.ndarray, chunk: int
-) -> dict:
-    """Runs one chunk (padded to ``chunk`` units and masked) and fetches the results.
-
-    Returns:
-      dict with ``filters``, ``images`` (uint8), ``objective``, ``history`` for the units
-      that succeeded, ``failed`` ({filter: message}) and ``seconds``.
-    """
+) -> Chunk:
+    """Runs one chunk of ``units`` (padded to ``chunk`` units and masked) and fetches it."""
     n = len(units)
     padded = np.concatenate([units, np.full(chunk - n, units[-1])]).astype(np.int32)
     keys = unit_keys(seed, layer, padded)
@@ -268,24 +261,35 @@ def run_chunk(
             failed[unit] = f"filter {unit} of {layer} failed: {why}"
     imgs = images[ok]
     imgs = imgs[:, 0] if imgs.shape[1] == 1 else imgs  # [N, B, H, W, 3] -> [N, H, W, 3]
-    return {
-        "filters": units[ok],
-        "images": _to_uint8(imgs),
-        "objective": final[ok],
-        "history": history[ok],
-        "failed": failed,
-        "seconds": seconds,
-        "compile_seconds": compile_seconds,
-    }
+    return Chunk(
+        layer=layer,
+        filters=units[ok],
+        images=_to_uint8(imgs),
+        objective=final[ok],
+        history=history[ok],
+        failed=failed,
+        seconds=seconds,
+        compile_seconds=compile_seconds,
+    )
 
 
-def _transform_override(transforms) -> tfm.Transform | None | str:
-    if transforms is None:
-        return "preset"
-    if callable(transforms):
-        return transforms
-    transforms = list(transforms)
-    return tfm.compose(*transforms) if transforms else None
+def chunks(
+    model: FeatureModel,
+    prog: Program,
+    layer: str,
+    units: np.ndarray,
+    *,
+    size: int,
+    seed: int = 0,
+    batch: int | None = None,
+) -> Iterator[Chunk]:
+    """Runs ``units`` of ``layer`` through ``prog``, one chunk at a time: the one chunk loop.
+
+    The chunk size is ``batch``, or chosen for the devices (see :mod:`jaxvis.devices`).
+    """
+    chunk = devices.chunk_size(model, prog.ascent.stop_at, size, len(units), batch)
+    for i in range(0, len(units), chunk):
+        yield run_chunk(prog, model.params, seed, layer, units[i : i + chunk], chunk)
 
 
 def visualize(
@@ -319,60 +323,45 @@ def visualize(
         of the preset's channel objective.
       param: a :class:`~jaxvis.param.Param` instead of the preset's.
       transforms: a transform or a list of them; ``[]`` for none; ``None`` for the preset's.
-      optimizer: an ``optax.GradientTransformation`` instead of the preset's.
+      optimizer: an :func:`jaxvis.optim.spec` or a bare ``optax.GradientTransformation``
+        instead of the preset's.
 
     Returns:
       A :class:`Visualization`; failed units are listed in ``.failed``, never returned as
       images.
     """
-    units = check_filters(model, layer, filters)
-    size = check_size(model, size)
-    config = presets.get(preset)
+    units = model.check_filters(layer, filters)
+    size = model.check_size(size)
+    batch = check_batch(batch)
     prog = program(
         model,
         layer,
         size,
-        config,
+        presets.get(preset),
         steps=steps,
         objective=objective,
         param=param,
-        transform=_transform_override(transforms),
+        transforms=transforms,
         optimizer=optimizer,
     )
-    if batch is not None:
-        check_batch(batch)
-    chunk = devices.chunk_size(model, prog.ascent.stop_at, size, len(units), batch)
-    parts = [
-        run_chunk(prog, model.params, seed, layer, units[i : i + chunk], chunk)
-        for i in range(0, len(units), chunk)
-    ]
+    parts = list(chunks(model, prog, layer, units, size=size, seed=seed, batch=batch))
     return Visualization(
         layer=layer,
-        filters=np.concatenate([p["filters"] for p in parts]),
-        images=np.concatenate([p["images"] for p in parts]),
-        objective=np.concatenate([p["objective"] for p in parts]),
-        history=np.concatenate([p["history"] for p in parts]),
-        failed={k: v for p in parts for k, v in p["failed"].items()},
+        filters=np.concatenate([p.filters for p in parts]),
+        images=np.concatenate([p.images for p in parts]),
+        objective=np.concatenate([p.objective for p in parts]),
+        history=np.concatenate([p.history for p in parts]),
+        failed={k: v for p in parts for k, v in p.failed.items()},
         config=prog.ascent.recipe.description,
-        seconds=sum(p["seconds"] for p in parts),
-        compile_seconds=sum(p["compile_seconds"] for p in parts),
+        seconds=sum(p.seconds for p in parts),
+        compile_seconds=sum(p.compile_seconds for p in parts),
     )
 
 
-def check_size(model: FeatureModel, size: int) -> int:
-    if not isinstance(size, (int, np.integer)) or size < model.min_size:
-        raise JaxvisError(f"size must be an integer >= {model.min_size} px; got {size!r}")
-    return int(size)
-
-
-def check_runs(model: FeatureModel, layer: str, size: int) -> None:
-    """Traces the model at this size (no compute) so shape errors, like a head layer at a
-    size other than 224, surface before any file is written."""
-    image = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
-    jax.eval_shape(lambda params, x: model.apply(params, x, layer), model.params, image)
-
-
-def check_batch(batch: int) -> int:
-    if not isinstance(batch, (int, np.integer)) or batch < 1:
+def check_batch(batch: int | None) -> int | None:
+    """``None`` (choose for the device) or a positive integer, else a one-line error."""
+    if batch is None:
+        return None
+    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
         raise JaxvisError(f"batch must be a positive integer (units per chunk); got {batch!r}")
     return int(batch)

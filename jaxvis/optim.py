@@ -7,7 +7,10 @@ updates that decrease the loss.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import dataclasses
+import inspect
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -29,28 +32,34 @@ def default_optimizer() -> optax.GradientTransformation:
     return optax.adam(LUCID_ADAM_LR)
 
 
-class KerasVisRmspropState(NamedTuple):
-    """RMSprop cache: running mean of squared normalized gradients, like ``params``."""
-
-    cache: optax.Updates
-
-
 def _global_sum_squares(tree) -> tuple[jax.Array, int]:
     leaves = jax.tree.leaves(tree)
     total = sum(jnp.sum(jnp.square(g.astype(jnp.float32))) for g in leaves)
     return total, sum(g.size for g in leaves)
 
 
-def _normalize(grads, grad_norm: str):
-    """Scales the whole gradient pytree as keras-vis normalizes its input gradient."""
-    if grad_norm == "none":
-        return grads
-    total, count = _global_sum_squares(grads)
-    if grad_norm == "rms":
-        factor = 1.0 / (jnp.sqrt(total / count) + KERAS_EPSILON)
-    else:
-        factor = jax.lax.rsqrt(jnp.maximum(total, _L2_EPSILON))
-    return jax.tree.map(lambda g: g * factor.astype(g.dtype), grads)
+def normalize_gradient(grad_norm: str = "rms") -> optax.GradientTransformation:
+    """Scales the whole gradient pytree as keras-vis normalizes its input gradient.
+
+    ``"rms"`` divides by ``sqrt(mean(g**2)) + K.epsilon()`` (keras-vis vis/optimizer.py),
+    ``"l2"`` by the global L2 norm (``K.l2_normalize``), ``"none"`` changes nothing.
+    Stateless; under the engine's vmap each unit is normalized on its own.
+    """
+    if grad_norm not in GRAD_NORMS:
+        raise JaxvisError(f"unknown grad_norm {grad_norm!r}; valid: {choices(GRAD_NORMS)}")
+
+    def update_fn(updates, state, params=None):
+        del params
+        if grad_norm == "none":
+            return updates, state
+        total, count = _global_sum_squares(updates)
+        if grad_norm == "rms":
+            factor = 1.0 / (jnp.sqrt(total / count) + KERAS_EPSILON)
+        else:
+            factor = jax.lax.rsqrt(jnp.maximum(total, _L2_EPSILON))
+        return jax.tree.map(lambda g: g * factor.astype(g.dtype), updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
 def keras_vis_rmsprop(
@@ -60,24 +69,20 @@ def keras_vis_rmsprop(
     *,
     grad_norm: str = "rms",
 ) -> optax.GradientTransformation:
-    """keras-vis's gradient step (vis/optimizer.py ``Optimizer``), as optax.
+    """keras-vis's gradient step (vis/optimizer.py ``Optimizer``), as a chain of optax pieces.
 
     keras-vis facts relied on:
 
     * ``__init__`` normalizes the loss gradient over the whole input tensor (batch
       included): ``grads / (K.sqrt(K.mean(K.square(grads))) + K.epsilon())``, with
-      ``K.epsilon() = 1e-7``. That is ``grad_norm="rms"``, the default. ``"l2"`` divides
-      by the global L2 norm instead (``K.l2_normalize``, which some Keras
-      activation-maximization scripts use), making each step sqrt(size) times smaller;
-      ``"none"`` is keras-vis's ``norm_grads=False``.
+      ``K.epsilon() = 1e-7``. That is ``grad_norm="rms"``, the default (see
+      :func:`normalize_gradient` for ``"l2"`` and ``"none"``).
     * ``_rmsprop`` with ``decay_rate=0.95``: ``cache = decay * cache + (1 - decay) * g**2``
-      from a zero cache, ``step = -g / np.sqrt(cache + K.epsilon())``.
+      from a zero cache, ``step = -g / np.sqrt(cache + K.epsilon())``: optax's
+      ``scale_by_rms`` with ``initial_scale=0`` and ``eps_in_sqrt=True``.
     * ``minimize`` adds the step to the 0-255 seed with no learning rate, hence the
       default ``learning_rate=1.0``; pair this with
       :func:`jaxvis.param.keras_vis_image`, whose raw values are 0-255 pixels.
-
-    The normalization spans every leaf of one unit's parameters; under the engine's vmap
-    each unit is normalized on its own, as keras-vis handles one filter per call.
 
     Args:
       learning_rate: multiplies the step.
@@ -88,17 +93,60 @@ def keras_vis_rmsprop(
     Returns:
       A GradientTransformation whose updates decrease the loss.
     """
-    if grad_norm not in GRAD_NORMS:
-        raise JaxvisError(f"unknown grad_norm {grad_norm!r}; valid: {choices(GRAD_NORMS)}")
+    return optax.chain(
+        normalize_gradient(grad_norm),
+        optax.scale_by_rms(decay=decay, eps=eps, initial_scale=0.0, eps_in_sqrt=True),
+        optax.scale(-learning_rate),
+    )
 
-    def init_fn(params):
-        return KerasVisRmspropState(cache=jax.tree.map(jnp.zeros_like, params))
 
-    def update_fn(updates, state, params=None):
-        del params
-        g = _normalize(updates, grad_norm)
-        cache = jax.tree.map(lambda c, gi: decay * c + (1.0 - decay) * gi * gi, state.cache, g)
-        steps = jax.tree.map(lambda gi, c: -learning_rate * gi / jnp.sqrt(c + eps), g, cache)
-        return steps, KerasVisRmspropState(cache=cache)
+@dataclasses.dataclass(frozen=True)
+class OptimizerSpec:
+    """An optimizer as data: an optax factory and its arguments.
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    The description is made from the factory's full signature with every default filled
+    in, so changing any knob (Adam's ``b2``, RMSProp's ``eps``) changes the atlas identity
+    with no hand-kept string to forget. Build the transformation with :meth:`build`.
+
+    Attributes:
+      factory: a function returning an ``optax.GradientTransformation``.
+      kwargs: its keyword arguments, as sorted ``(name, value)`` pairs (hashable).
+    """
+
+    factory: Callable[..., optax.GradientTransformation]
+    kwargs: tuple[tuple[str, Any], ...] = ()
+
+    def build(self) -> optax.GradientTransformation:
+        return self.factory(**dict(self.kwargs))
+
+    @property
+    def description(self) -> str:
+        """E.g. ``"adam(learning_rate=0.05, b1=0.9, b2=0.999, eps=1e-08, ...)"``."""
+        bound = inspect.signature(self.factory).bind(**dict(self.kwargs))
+        bound.apply_defaults()
+        args = ", ".join(f"{k}={_describe_value(v)}" for k, v in bound.arguments.items())
+        return f"{self.factory.__name__}({args})"
+
+
+def _describe_value(value: Any) -> str:
+    if callable(value):  # a schedule: its own description, else its name
+        return getattr(value, "description", getattr(value, "__name__", type(value).__name__))
+    return repr(value)
+
+
+def spec(factory: Callable[..., optax.GradientTransformation], **kwargs) -> OptimizerSpec:
+    """``spec(optax.adam, learning_rate=0.01)``: an optimizer the atlas can identify.
+
+    The arguments are checked against the factory's signature now, not at build time.
+    """
+    try:
+        inspect.signature(factory).bind(**kwargs)
+    except TypeError as e:
+        raise JaxvisError(f"bad arguments for {factory.__name__}: {e}") from None
+    return OptimizerSpec(factory, tuple(sorted(kwargs.items())))
+
+
+#: Lucid's optimizer (see :data:`LUCID_ADAM_LR`).
+LUCID_ADAM = spec(optax.adam, learning_rate=LUCID_ADAM_LR)
+#: keras-vis's optimizer with its defaults.
+KERAS_VIS_RMSPROP = spec(keras_vis_rmsprop)

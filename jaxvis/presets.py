@@ -23,30 +23,38 @@ Presets:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+import numpy as np
 import optax
 
 from jaxvis import objectives as obj
-from jaxvis import optim, param, transforms
+from jaxvis import optim
+from jaxvis import param as param_lib
+from jaxvis import transforms as tfm
 from jaxvis.errors import JaxvisError, choices
 from jaxvis.objectives import Objective
+from jaxvis.optim import OptimizerSpec
 from jaxvis.param import Param
 
 ObjectiveFactory = Callable[[str], Objective]
+#: A transform, or a sequence of them applied in order; ``()`` for none.
+Transforms = tfm.Transform | Sequence[tfm.Transform]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Config:
-    """One run's settings; every field is serialized into the atlas.
+    """One run's settings. Each part describes itself from its own arguments, and those
+    descriptions, resolved for the run's size and each layer, identify an atlas.
 
     Attributes:
       preset: the preset these settings came from (or "custom").
       steps: gradient steps per unit.
       param: ``size -> Param``.
-      transforms: ``size -> Transform``; ``None`` means no transforms.
+      transforms: ``size -> Transforms``; return ``()`` for none.
       objective: ``layer -> Objective`` to maximize for the traced unit.
-      optimizer: ``() -> optax.GradientTransformation``.
+      optimizer: an :class:`~jaxvis.optim.OptimizerSpec`, e.g.
+        ``optim.spec(optax.adam, learning_rate=0.05)``.
       keep_best: return the image with the best objective seen, not the last
         (keras-vis returns its lowest-loss input).
     """
@@ -54,24 +62,48 @@ class Config:
     preset: str
     steps: int
     param: Callable[[int], Param]
-    transforms: Callable[[int], transforms.Transform] | None
+    transforms: Callable[[int], Transforms]
     objective: ObjectiveFactory
-    optimizer: Callable[[], optax.GradientTransformation]
+    optimizer: OptimizerSpec
     keep_best: bool = False
-    describe_optimizer: str = ""
+
+    def __post_init__(self):
+        for name in ("param", "transforms", "objective"):
+            if not callable(getattr(self, name)):
+                raise JaxvisError(
+                    f"Config.{name} must be a function (of the size, or of the layer for "
+                    f"objective); got {getattr(self, name)!r}"
+                )
+        if not isinstance(self.optimizer, OptimizerSpec):
+            raise JaxvisError(
+                "Config.optimizer must be an optim.spec(...), e.g. "
+                f"optim.spec(optax.adam, learning_rate=0.05); got {self.optimizer!r}"
+            )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Recipe:
-    """A :class:`Config` resolved for one layer and image size."""
+    """A :class:`Config` resolved for one layer and image size.
+
+    Attributes:
+      transform: the transform the model sees the image through, or ``None`` for none
+        (resolved: nothing is left to take from a preset).
+      run_description: what identifies the run apart from the layer: preset, steps, size,
+        param, transforms, optimizer, keep_best.
+      description: ``run_description`` plus this layer's ``objective``.
+    """
 
     steps: int
     param: Param
-    transform: transforms.Transform | None
+    transform: tfm.Transform | None
     objective: Objective
     optimizer: optax.GradientTransformation
     keep_best: bool
-    description: dict
+    run_description: dict
+
+    @property
+    def description(self) -> dict:
+        return {**self.run_description, "objective": self.objective.description}
 
 
 def _lucid_objective(layer: str) -> Objective:
@@ -82,21 +114,19 @@ PRESETS: dict[str, Config] = {
     "lucid": Config(
         preset="lucid",
         steps=512,
-        param=lambda size: param.fft_image(size, decorrelate=True, sigmoid=True),
-        transforms=lambda size: transforms.standard_transforms(),
+        param=lambda size: param_lib.fft_image(size, decorrelate=True, sigmoid=True),
+        transforms=lambda size: tfm.standard_transforms(),
         objective=_lucid_objective,
-        optimizer=optim.default_optimizer,
-        describe_optimizer="adam(learning_rate=0.05)",
+        optimizer=optim.LUCID_ADAM,
     ),
     "keras-vis": Config(
         preset="keras-vis",
         steps=200,
-        param=lambda size: param.keras_vis_image(size),
-        transforms=lambda size: transforms.roll_jitter(16),
+        param=lambda size: param_lib.keras_vis_image(size),
+        transforms=lambda size: tfm.roll_jitter(16),
         objective=obj.keras_vis_objective,
-        optimizer=optim.keras_vis_rmsprop,
+        optimizer=optim.KERAS_VIS_RMSPROP,
         keep_best=True,
-        describe_optimizer="keras_vis_rmsprop(learning_rate=1.0, decay=0.95, eps=1e-7, rms)",
     ),
 }
 
@@ -110,6 +140,21 @@ def get(preset: str | Config) -> Config:
     return PRESETS[preset]
 
 
+def as_transform(value: Transforms) -> tfm.Transform | None:
+    """One transform from a transform or a sequence of them; ``None`` for an empty one."""
+    if callable(value):
+        return value
+    chain = tuple(value)
+    return tfm.compose(*chain) if chain else None
+
+
+def check_steps(steps) -> int:
+    """Steps as int, or a one-line error (1.7 or "4" are refused, not truncated)."""
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise JaxvisError(f"steps must be a positive integer; got {steps!r}")
+    return int(steps)
+
+
 def resolve(
     config: Config,
     layer: str,
@@ -117,36 +162,39 @@ def resolve(
     *,
     steps: int | None = None,
     objective: Objective | None = None,
-    param_: Param | None = None,
-    transform: transforms.Transform | None | str = "preset",
-    optimizer: optax.GradientTransformation | None = None,
+    param: Param | None = None,
+    transforms: Transforms | None = None,
+    optimizer: OptimizerSpec | optax.GradientTransformation | None = None,
 ) -> Recipe:
-    """Builds the recipe for ``layer`` at ``size``, applying per-call overrides."""
-    steps = config.steps if steps is None else int(steps)
-    if steps < 1:
-        raise JaxvisError(f"steps must be a positive integer; got {steps}")
-    objective = objective if objective is not None else config.objective(layer)
-    param_ = param_ if param_ is not None else config.param(size)
-    if isinstance(transform, str):
-        transform = config.transforms(size) if config.transforms else None
-    custom_opt = optimizer is not None
-    optimizer = optimizer if custom_opt else config.optimizer()
-    description = {
+    """Builds the recipe for ``layer`` at ``size``.
+
+    Every override means the same thing: ``None`` takes the config's part; anything else
+    replaces it. ``transforms=[]`` runs with no transforms.
+    """
+    steps = check_steps(config.steps if steps is None else steps)
+    objective = config.objective(layer) if objective is None else objective
+    param = config.param(size) if param is None else param
+    transform = as_transform(config.transforms(size) if transforms is None else transforms)
+    optimizer = config.optimizer if optimizer is None else optimizer
+    if isinstance(optimizer, OptimizerSpec):
+        opt_description, optimizer = optimizer.description, optimizer.build()
+    else:  # a bare optax transformation cannot describe itself
+        opt_description = "custom optax transformation (not identifiable)"
+    run_description = {
         "preset": config.preset,
         "steps": steps,
         "size": size,
-        "objective": objective.description,
-        "param": param_.description,
-        "transforms": transforms.describe(transform) if transform is not None else "none",
-        "optimizer": "custom optax transformation" if custom_opt else config.describe_optimizer,
+        "param": param.description,
+        "transforms": "none" if transform is None else tfm.describe(transform),
+        "optimizer": opt_description,
         "keep_best": config.keep_best,
     }
     return Recipe(
         steps=steps,
-        param=param_,
+        param=param,
         transform=transform,
         objective=objective,
         optimizer=optimizer,
         keep_best=config.keep_best,
-        description=description,
+        run_description=run_description,
     )

@@ -1,8 +1,9 @@
-"""Whole-layer atlases: chunks, devices, resume and progress around the engine.
+"""Whole-layer atlases: the stateful edge around the engine.
 
-This is the stateful edge of jaxvis: it opens the atlas, skips the filters already in it,
-runs the rest chunk by chunk through the compiled engine and commits each chunk to the
-atlas before starting the next, so a crash loses at most the chunk in flight.
+One straight path from a request to an atlas: check everything the caller gave (before
+any file is touched), build each layer's program, open the atlas and skip what it holds,
+then run the rest through :func:`jaxvis.engine.chunks` and commit each chunk before the
+next starts, so that a crash loses at most the chunk in flight.
 """
 
 from __future__ import annotations
@@ -12,20 +13,25 @@ from collections.abc import Mapping, Sequence
 import jax
 import numpy as np
 
-from jaxvis import devices as dev
 from jaxvis import engine, presets
 from jaxvis.atlas import AtlasWriter
-from jaxvis.models.model import FeatureModel
+from jaxvis.errors import JaxvisError
+from jaxvis.models.feature_model import FeatureModel
 from jaxvis.progress import Progress
 
 
-def run_config(
-    config: presets.Config, *, size: int, steps: int | None, seed: int, dtype: str
-) -> dict:
-    """The layer-independent run config that identifies an atlas (batch is not part of it:
-    results do not depend on chunk size; the compute dtype is)."""
-    recipe = presets.resolve(config, "{layer}", size, steps=steps)
-    return {**recipe.description, "seed": seed, "dtype": dtype}
+def run_identity(model: FeatureModel, recipe: presets.Recipe, *, seed: int) -> dict[str, object]:
+    """What identifies an atlas apart from its layers: the model, its weights and the
+    layer-independent run config (each layer's objective is stored with the layer).
+
+    Batch size is not part of it: results do not depend on chunk size. The compute dtype
+    is: bf16 and fp32 pictures differ.
+    """
+    return {
+        "model": model.name,
+        "weights": model.info.to_dict() if model.info else {},
+        "config": {**recipe.run_description, "seed": seed, "dtype": model.dtype},
+    }
 
 
 def generate_atlas(
@@ -33,7 +39,7 @@ def generate_atlas(
     out: str,
     layers: Mapping[str, Sequence[int]],
     *,
-    preset: str = "lucid",
+    preset: str | presets.Config = "lucid",
     size: int = 224,
     steps: int | None = None,
     seed: int = 0,
@@ -44,69 +50,60 @@ def generate_atlas(
     """Writes (or resumes) an atlas of ``{layer: filters}`` to ``out``.
 
     Every layer and filter is checked before the file is touched. Re-running the same
-    call after a crash finishes the atlas; a different config is refused unless
-    ``overwrite``.
+    call after a crash finishes the atlas; a run whose settings differ in any way that
+    changes a picture is refused, naming the setting, unless ``overwrite``.
 
     Returns:
       ``out``.
     """
     config = presets.get(preset)
-    size = engine.check_size(model, size)
-    if batch is not None:
-        engine.check_batch(batch)
-    wanted = {
-        layer: engine.check_filters(model, layer, filters) for layer, filters in layers.items()
-    }
+    size = model.check_size(size)
+    batch = engine.check_batch(batch)
+    wanted = {layer: _check_layer_filters(model, layer, f) for layer, f in layers.items()}
+    if not wanted:
+        raise JaxvisError("no layers given; name at least one layer")
+    programs = {}
     for layer in wanted:
-        engine.check_runs(model, layer, size)
-    provenance = {
-        "model": model.name,
-        "weights": model.info.to_dict() if model.info else {},
-        "config": run_config(config, size=size, steps=steps, seed=seed, dtype=model.dtype),
-        "device_kind": f"{jax.devices()[0].platform}:{jax.devices()[0].device_kind}"
-        f" x{jax.device_count()}",
-    }
+        model.check_runs(layer, size)
+        programs[layer] = engine.program(model, layer, size, config, steps=steps)
+    first = next(iter(programs.values())).ascent.recipe
+    provenance = {**run_identity(model, first, seed=seed), "device_kind": _device_kind()}
     with AtlasWriter(out, provenance=provenance, overwrite=overwrite) as writer:
-        writer.request(wanted, num_filters={la: model.num_filters(la) for la in wanted})
-        todo = {}
-        for layer, units in wanted.items():
-            done = writer.done(layer)
-            todo[layer] = np.array([u for u in units if int(u) not in done], np.int64)
-        costs = {layer: dev.relative_cost(model, layer, size) for layer in todo}
-        bar = Progress({la: len(u) for la, u in todo.items()}, enabled=progress, costs=costs)
-        with bar:
+        writer.request(
+            wanted,
+            num_filters={la: model.num_filters(la) for la in wanted},
+            objectives={la: p.ascent.recipe.objective.description for la, p in programs.items()},
+        )
+        todo = {la: _not_done(units, writer.done(la)) for la, units in wanted.items()}
+        costs = {la: programs[la].step_flops(model.params) for la, u in todo.items() if len(u)}
+        with Progress({la: len(u) for la, u in todo.items()}, enabled=progress, costs=costs) as bar:
             for layer, units in todo.items():
-                _run_layer(
-                    model,
-                    writer,
-                    bar,
-                    layer,
-                    units,
-                    config,
-                    size=size,
-                    steps=steps,
-                    seed=seed,
-                    batch=batch,
+                bar.start_layer(layer)
+                if not len(units):
+                    continue
+                parts = engine.chunks(
+                    model, programs[layer], layer, units, size=size, seed=seed, batch=batch
                 )
+                for chunk in parts:
+                    writer.write_chunk(layer, chunk)
+                    bar.advance(layer, chunk.units)
     return out
 
 
-def _run_layer(model, writer, bar, layer, units, config, *, size, steps, seed, batch):
-    bar.start_layer(layer)
-    if len(units) == 0:
-        return
-    prog = engine.program(model, layer, size, config, steps=steps)
-    chunk = dev.chunk_size(model, prog.ascent.stop_at, size, len(units), batch)
-    for i in range(0, len(units), chunk):
-        part = engine.run_chunk(prog, model.params, seed, layer, units[i : i + chunk], chunk)
-        writer.write_chunk(
-            layer,
-            part["filters"],
-            part["images"],
-            part["objective"],
-            part["history"],
-            seconds=part["seconds"] + part["compile_seconds"],
-            failed=part["failed"],
-            num_filters_in_layer=model.num_filters(layer),
+def _check_layer_filters(model: FeatureModel, layer: str, filters) -> np.ndarray:
+    units = model.check_filters(layer, filters)
+    if len(np.unique(units)) != len(units):
+        values, counts = np.unique(units, return_counts=True)
+        raise JaxvisError(
+            f"filter {int(values[counts > 1][0])} of {layer} is given twice; give each filter once"
         )
-        bar.advance(layer, len(units[i : i + chunk]))
+    return units
+
+
+def _not_done(units: np.ndarray, done: set[int]) -> np.ndarray:
+    return np.array([u for u in units.tolist() if u not in done], np.int64)
+
+
+def _device_kind() -> str:
+    device = jax.devices()[0]
+    return f"{device.platform}:{device.device_kind} x{jax.device_count()}"

@@ -16,6 +16,7 @@ import time
 import h5py
 import numpy as np
 import pytest
+from chunks import make_chunk
 
 from jaxvis.atlas import AtlasWriter, open_atlas
 from jaxvis.errors import JaxvisError
@@ -58,10 +59,7 @@ def write(path, layer, filters, failed=None, prov=PROV, overwrite=False, n=16):
     with AtlasWriter(path, provenance=prov, overwrite=overwrite) as w:
         w.write_chunk(
             layer,
-            filters,
-            *chunk(filters),
-            seconds=0.5,
-            failed=failed or {},
+            make_chunk(layer, filters, *chunk(filters), seconds=0.5, failed=failed or {}),
             num_filters_in_layer=n,
         )
         return w.done(layer)
@@ -78,14 +76,15 @@ def test_round_trip_with_failed_units(tmp_path):
         w.request({"conv1": range(6)}, num_filters={"conv1": 16})
         w.write_chunk(
             "conv1",
-            [0, 2],
-            *chunk([0, 2]),
-            seconds=1.5,
-            failed={1: "NaN at step 2"},
+            make_chunk("conv1", [0, 2], *chunk([0, 2]), seconds=1.5, failed={1: "NaN at step 2"}),
             num_filters_in_layer=16,
         )
-        w.write_chunk("conv1", [3], *chunk([3]), seconds=0.5, num_filters_in_layer=16)
-        w.write_chunk("conv2", [5], *chunk([5]), seconds=0.25, num_filters_in_layer=32)
+        w.write_chunk(
+            "conv1", make_chunk("conv1", [3], *chunk([3]), seconds=0.5), num_filters_in_layer=16
+        )
+        w.write_chunk(
+            "conv2", make_chunk("conv2", [5], *chunk([5]), seconds=0.25), num_filters_in_layer=32
+        )
         assert w.done("conv1") == {0, 1, 2, 3}
     with open_atlas(path) as atlas:
         assert atlas.layers == ["conv1", "conv2"]
@@ -117,7 +116,7 @@ def test_plain_h5py_layout(tmp_path):
     path = tmp_path / "a.h5"
     write(path, "conv1", [0, 2], failed={1: "boom"})
     with h5py.File(path, "r") as f:
-        assert f.attrs["format"] == "jaxvis-atlas" and f.attrs["format_version"] == 1
+        assert f.attrs["format"] == "jaxvis-atlas" and f.attrs["format_version"] == 2
         assert not f.attrs["weights_trained"]
         assert json.loads(f.attrs["config"])["preset"] == "lucid"
         for key in (
@@ -150,7 +149,9 @@ def test_resume_skips_done_and_allows_other_batch(tmp_path):
         assert atlas.config["batch"] == 2  # the first run's config is kept
         assert atlas.provenance["device_kinds"] == ["cpu", "gpu"]
     with AtlasWriter(path, provenance=PROV) as w, pytest.raises(JaxvisError, match="already"):
-        w.write_chunk("conv1", [1], *chunk([1]), seconds=0, num_filters_in_layer=16)
+        w.write_chunk(
+            "conv1", make_chunk("conv1", [1], *chunk([1]), seconds=0), num_filters_in_layer=16
+        )
 
 
 @pytest.mark.parametrize(
@@ -220,7 +221,9 @@ def test_lock_released_without_close_and_closed_writer_refuses(tmp_path):
     w = AtlasWriter(path, provenance=PROV)
     w.close()
     with pytest.raises(JaxvisError, match="closed"):
-        w.write_chunk("conv1", [0], *chunk([0]), seconds=0, num_filters_in_layer=16)
+        w.write_chunk(
+            "conv1", make_chunk("conv1", [0], *chunk([0]), seconds=0), num_filters_in_layer=16
+        )
 
 
 def test_requests_merge_and_repeat_is_free(tmp_path):
@@ -243,10 +246,10 @@ def test_newer_format_version_refused(tmp_path):
     path = tmp_path / "a.h5"
     write(path, "conv1", [0])
     with h5py.File(path, "r+") as f:
-        f.attrs["format_version"] = 2
+        f.attrs["format_version"] = 3
     before = fingerprint(path)
     for attempt in (lambda: open_atlas(path), lambda: AtlasWriter(path, provenance=PROV)):
-        with pytest.raises(JaxvisError, match="format_version 2; this jaxvis reads"):
+        with pytest.raises(JaxvisError, match="format_version 3; this jaxvis reads"):
             attempt()
     assert fingerprint(path) == before
 
@@ -277,12 +280,15 @@ def test_bad_chunks_refused(tmp_path, bad, match):
     with AtlasWriter(path, provenance=PROV) as w, pytest.raises(JaxvisError, match=match):
         w.write_chunk(
             "conv1",
-            args["filters"],
-            args["images"],
-            args["objective"],
-            args["history"],
-            seconds=0,
-            failed=args["failed"],
+            make_chunk(
+                "conv1",
+                args["filters"],
+                args["images"],
+                args["objective"],
+                args["history"],
+                seconds=0,
+                failed=args["failed"],
+            ),
             num_filters_in_layer=16,
         )
 
@@ -311,6 +317,7 @@ import os, shutil, signal, sys
 import numpy as np
 import jaxvis.atlas.writer as writer_mod
 from jaxvis.atlas import AtlasWriter
+from jaxvis.chunk import Chunk
 
 PROV = {prov!r}
 SIZE, STEPS, N, CHUNK = 96, 16, 96, 4
@@ -365,8 +372,9 @@ with AtlasWriter(path, provenance=PROV) as w:
             part = todo[i : i + CHUNK]
             failed = {{f: f"failed {{f}}" for f in part if f % 7 == 3}}
             ok = [f for f in part if f not in failed]
-            w.write_chunk(layer, ok, *data(layer, ok), seconds=0.0, failed=failed,
-                          num_filters_in_layer=N)
+            images, objective, history = data(layer, ok)
+            part = Chunk(layer, np.array(ok, int), images, objective, history, failed, 0.0, 0.0)
+            w.write_chunk(layer, part, num_filters_in_layer=N)
             print("chunk", flush=True)
 print("finished", flush=True)
 """

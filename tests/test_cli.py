@@ -12,6 +12,7 @@ import time
 import h5py
 import numpy as np
 import pytest
+from chunks import make_chunk
 
 from jaxvis import cli
 from jaxvis.atlas import AtlasWriter, open_atlas
@@ -40,11 +41,7 @@ def one_filter_atlas(path):
     with AtlasWriter(path, provenance=prov) as w:
         w.write_chunk(
             "c",
-            [0],
-            np.zeros((1, 4, 4, 3), np.uint8),
-            [0],
-            [[0]],
-            seconds=0,
+            make_chunk("c", [0], np.zeros((1, 4, 4, 3), np.uint8), [0], [[0]], seconds=0),
             num_filters_in_layer=1,
         )
     return path

@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+from chunks import make_chunk
 from PIL import Image
 
 from jaxvis import export
@@ -38,12 +39,15 @@ def atlas_path(tmp_path_factory):
         ]:
             w.write_chunk(
                 layer,
-                filters,
-                images(filters, size),
-                np.zeros(len(filters)),
-                np.zeros((len(filters), 2)),
-                seconds=0,
-                failed={1: "nan"},
+                make_chunk(
+                    layer,
+                    filters,
+                    images(filters, size),
+                    np.zeros(len(filters)),
+                    np.zeros((len(filters), 2)),
+                    seconds=0,
+                    failed={1: "nan"},
+                ),
                 num_filters_in_layer=64,
             )
     return path

@@ -3,14 +3,15 @@
 This module holds the names only (no h5py, no jax), so that the writer, the reader and
 the documentation (``docs/atlas-format.md``) agree on one spelling.
 
-Layout (version 1)::
+Layout (version 2)::
 
     /                        attrs: format="jaxvis-atlas", format_version=1,
                                     jaxvis_version, created (ISO 8601, UTC), model,
                                     weights_source, weights_sha256, weights_trained,
                                     preprocessing, weights (JSON), config (JSON),
                                     device_kind, device_kinds (JSON list)
-    /<layer>/                attrs: num_filters_in_layer, image_size, steps
+    /<layer>/                attrs: num_filters_in_layer, image_size, steps,
+                                    objective (the layer's objective, described)
         images               uint8   [N, H, W, 3]  RGB, chunked one filter per chunk
         filters              int32   [N]           filter index of each row
         objective            float32 [N]           final objective value
@@ -21,6 +22,11 @@ Layout (version 1)::
         seconds              float64 [C]           wall seconds of each written chunk
         chunk_sizes          int32   [C]           filters (incl. failed) per chunk
 
+Version 2 (jaxvis 0.2) stores each layer's objective with that layer, and the root
+``config`` holds only what all layers share (preset, steps, size, param, transforms,
+optimizer with every argument, keep_best, seed, dtype). Version 1 kept the objective in
+the root config with a ``{layer}`` placeholder; version-1 atlases still read and export.
+
 Rows of ``images``, ``filters``, ``objective`` and ``history`` line up. They are in the
 order written, which is ascending within one run but need not be sorted overall.
 """
@@ -28,7 +34,7 @@ order written, which is ascending within one run but need not be sorted overall.
 from __future__ import annotations
 
 FORMAT_NAME = "jaxvis-atlas"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 # Root attributes.
 ATTR_FORMAT = "format"
@@ -49,6 +55,7 @@ ATTR_DEVICE_KINDS = "device_kinds"
 ATTR_NUM_FILTERS = "num_filters_in_layer"
 ATTR_IMAGE_SIZE = "image_size"
 ATTR_STEPS = "steps"
+ATTR_OBJECTIVE = "objective"
 
 # Per-layer datasets.
 IMAGES = "images"

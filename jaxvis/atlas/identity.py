@@ -45,15 +45,25 @@ def check_same_run(path: str, attrs: Mapping, prov: Mapping) -> None:
     new = identity(prov["model"], prov["weights"], prov["config"])
     diffs = [k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
     if diffs:
-        shown = "; ".join(
-            f"{k}: {_short(old.get(k))} in the file, {_short(new.get(k))} now" for k in diffs
-        )
+        shown = "; ".join(_difference(k, old.get(k), new.get(k)) for k in diffs)
         raise JaxvisError(
             f"{path} was made with different settings ({shown}); pass "
             "--overwrite to start it over, or choose another output file"
         )
 
 
-def _short(value: object, limit: int = 60) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def _difference(key: str, old: object, new: object, limit: int = 60) -> str:
+    """``key: OLD in the file, NEW now``, long values cut to show where they differ."""
+    a, b = json.dumps(old), json.dumps(new)
+    if max(len(a), len(b)) > limit:
+        start = next(
+            (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
+        )
+        start = max(0, start - limit // 3)
+        a, b = (_window(t, start, limit) for t in (a, b))
+    return f"{key}: {a} in the file, {b} now"
+
+
+def _window(text: str, start: int, limit: int) -> str:
+    piece = text[start : start + limit]
+    return ("..." if start else "") + piece + ("..." if start + limit < len(text) else "")

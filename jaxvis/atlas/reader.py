@@ -241,6 +241,12 @@ class LayerView:
     def steps(self) -> int:
         return int(self._group.attrs.get(fmt.ATTR_STEPS, 0))
 
+    @property
+    def objective_description(self) -> str:
+        """The objective this layer's units maximized, e.g. ``"channel(block1_conv1:pre)"``
+        ("" in a format-1 atlas, which kept it in the root config)."""
+        return str(self._group.attrs.get(fmt.ATTR_OBJECTIVE, ""))
+
     def __len__(self) -> int:
         return len(self.filters)
 

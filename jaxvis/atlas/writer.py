@@ -21,6 +21,7 @@ from jaxvis.atlas import format as fmt
 from jaxvis.atlas.identity import check_same_run, normalized_provenance
 from jaxvis.atlas.reader import check_atlas_file
 from jaxvis.atlas.snapshot import acquire_lock, release_lock, remove_stale, snapshot
+from jaxvis.chunk import Chunk
 from jaxvis.errors import JaxvisError
 
 
@@ -44,6 +45,8 @@ class AtlasWriter:
         self._done: dict[str, set[int]] = {}
         self._requested: dict[str, set[int]] = {}
         self._layers: dict[str, tuple[int, int, int]] = {}  # num_filters, size, steps
+        self._num_filters: dict[str, int] = {}
+        self._objectives: dict[str, str] = {}
         self._new_device = False
         _check_target(self.path)
         self._lock = acquire_lock(self.path)
@@ -65,6 +68,14 @@ class AtlasWriter:
                 _write_root(f, self._provenance)
             return
         with h5py.File(self.path, "r") as f:
+            version = int(f.attrs[fmt.ATTR_VERSION])
+            if version < fmt.FORMAT_VERSION:
+                raise JaxvisError(
+                    f"{self.path} is an atlas of format_version {version}, which this jaxvis "
+                    f"reads and exports but does not resume (it writes version "
+                    f"{fmt.FORMAT_VERSION}); pass --overwrite to start it over, or choose "
+                    "another output file"
+                )
             check_same_run(self.path, f.attrs, self._provenance)
             kinds = json.loads(f.attrs.get(fmt.ATTR_DEVICE_KINDS, "[]"))
             self._new_device = self._provenance["device_kind"] not in kinds
@@ -79,6 +90,9 @@ class AtlasWriter:
         self._done[name] = done
         if fmt.REQUESTED in group:
             self._requested[name] = {int(i) for i in group[fmt.REQUESTED][()]}
+        if fmt.ATTR_OBJECTIVE in group.attrs:
+            self._objectives[name] = str(group.attrs[fmt.ATTR_OBJECTIVE])
+        self._num_filters[name] = int(group.attrs[fmt.ATTR_NUM_FILTERS])
         if fmt.IMAGES in group:
             self._layers[name] = (
                 int(group.attrs[fmt.ATTR_NUM_FILTERS]),
@@ -91,76 +105,85 @@ class AtlasWriter:
         return set(self._done.get(layer, ()))
 
     def request(
-        self, filters: Mapping[str, Sequence[int]], *, num_filters: Mapping[str, int]
+        self,
+        filters: Mapping[str, Sequence[int]],
+        *,
+        num_filters: Mapping[str, int],
+        objectives: Mapping[str, str] | None = None,
     ) -> None:
-        """Records which filters a run asked for, so ``jaxvis info`` can show done/requested.
+        """Records which filters a run asked for, and each layer's objective.
 
         Args:
-          filters: ``{layer: [filter, ...]}``; merged with earlier requests.
+          filters: ``{layer: [filter, ...]}``; merged with earlier requests, so that
+            ``jaxvis info`` can show done/requested.
           num_filters: ``{layer: filter count of the layer}``.
+          objectives: ``{layer: objective description}``. A layer already in the atlas
+            with another objective is refused before anything is written.
         """
+        objectives = dict(objectives or {})
+        for layer, description in objectives.items():
+            known = self._objectives.get(layer)
+            if known is not None and known != description:
+                raise JaxvisError(
+                    f"{self.path} was made with different settings (layers.{layer}.objective:"
+                    f" {known!r} in the file, {description!r} now); pass --overwrite to "
+                    "start it over, or choose another output file"
+                )
+        self._num_filters.update({la: int(n) for la, n in num_filters.items()})
         new = {
             layer: sorted({int(i) for i in wanted} - self._requested.get(layer, set()))
             for layer, wanted in filters.items()
         }
         new = {layer: units for layer, units in new.items() if units}
-        if not new:
+        unset = {la: d for la, d in objectives.items() if la not in self._objectives}
+        if not new and not unset:
             return
         self._check_open()
         for layer, units in new.items():
             _check_units(layer, units, num_filters[layer])
         with snapshot(self.path) as f:
-            for layer in new:
+            for layer in new.keys() | unset.keys():
                 group = _layer_group(f, layer, num_filters[layer])
+                if layer in unset:
+                    group.attrs[fmt.ATTR_OBJECTIVE] = unset[layer]
+                if layer not in new:
+                    continue
                 merged = np.array(sorted(self._requested.get(layer, set()).union(new[layer])))
                 if fmt.REQUESTED in group:
                     del group[fmt.REQUESTED]
                 group.create_dataset(fmt.REQUESTED, data=merged.astype(np.int32))
         for layer, units in new.items():
             self._requested.setdefault(layer, set()).update(units)
+        self._objectives.update(unset)
 
-    def write_chunk(
-        self,
-        layer: str,
-        filters: Sequence[int],
-        images: np.ndarray,
-        objective: np.ndarray,
-        history: np.ndarray,
-        *,
-        seconds: float,
-        failed: Mapping[int, str] | None = None,
-        num_filters_in_layer: int,
-    ) -> None:
+    def write_chunk(self, layer: str, chunk: Chunk, *, num_filters_in_layer: int | None = None):
         """Appends one chunk atomically: all of it is in the atlas afterwards, or none.
 
         Args:
-          layer: layer name.
-          filters: int [n], the filters that succeeded (rows of the arrays below).
-          images: uint8 [n, H, W, 3] RGB.
-          objective: float [n], final objective values.
-          history: float [n, steps], objective at each step, before its update.
-          seconds: wall time the chunk took.
-          failed: ``{filter: message}`` for filters of the chunk that failed; they are
-            recorded (so a resume skips them) but get no image.
-          num_filters_in_layer: the layer's filter count.
+          layer: layer name (the chunk's own).
+          chunk: a :class:`~jaxvis.chunk.Chunk`; its failed filters are recorded (so a
+            resume skips them) but get no image.
+          num_filters_in_layer: the layer's filter count; needed only for a layer that no
+            :meth:`request` named.
         """
         self._check_open()
-        failed = dict(failed or {})
+        if chunk.layer != layer:
+            raise JaxvisError(f"a chunk of layer {chunk.layer!r} cannot be written to {layer!r}")
+        num_filters = num_filters_in_layer or self._num_filters.get(layer)
+        if num_filters is None:
+            raise JaxvisError(f"layer {layer!r} was never requested; pass num_filters_in_layer")
+        failed = dict(chunk.failed)
         filters, images, objective, history = _check_chunk(
             layer,
-            filters,
-            images,
-            objective,
-            history,
-            failed,
-            num_filters_in_layer,
+            chunk,
+            num_filters,
             self._done.get(layer, set()),
             self._layers.get(layer),
         )
         if not len(filters) and not failed:
             return
         with snapshot(self.path) as f:
-            group = _layer_group(f, layer, num_filters_in_layer)
+            group = _layer_group(f, layer, num_filters)
             _ensure_data(group, images.shape[1], history.shape[1])
             _append(group, fmt.IMAGES, images)
             _append(group, fmt.FILTERS, filters)
@@ -168,12 +191,13 @@ class AtlasWriter:
             _append(group, fmt.HISTORY, history)
             _append(group, fmt.FAILED_FILTERS, np.fromiter(failed, np.int32, len(failed)))
             _append(group, fmt.FAILED_MESSAGES, np.array(list(failed.values()), dtype=object))
+            seconds = chunk.seconds + chunk.compile_seconds
             _append(group, fmt.SECONDS, np.array([seconds], np.float64))
             _append(group, fmt.CHUNK_SIZES, np.array([len(filters) + len(failed)], np.int32))
             if self._new_device:
                 _add_device_kind(f, self._provenance["device_kind"])
         self._new_device = False
-        self._layers[layer] = (num_filters_in_layer, images.shape[1], history.shape[1])
+        self._layers[layer] = (num_filters, images.shape[1], history.shape[1])
         self._done.setdefault(layer, set()).update(int(i) for i in filters)
         self._done[layer].update(failed)
 
@@ -277,10 +301,11 @@ def _append(group: h5py.Group, name: str, rows: np.ndarray) -> None:
     dset[start:] = rows
 
 
-def _check_chunk(layer, filters, images, objective, history, failed, num_filters, done, known):
+def _check_chunk(layer: str, chunk: Chunk, num_filters: int, done: set[int], known):
     """Validates one chunk; returns the arrays in their stored dtypes."""
-    filters = np.asarray(filters, np.int64).reshape(-1)
-    images = np.asarray(images)
+    failed = chunk.failed
+    filters = np.asarray(chunk.filters, np.int64).reshape(-1)
+    images = np.asarray(chunk.images)
     n = len(filters)
     if (
         images.dtype != np.uint8
@@ -292,8 +317,8 @@ def _check_chunk(layer, filters, images, objective, history, failed, num_filters
         raise JaxvisError(
             f"images must be uint8 [{n}, H, H, 3]; got {images.dtype} {list(images.shape)}"
         )
-    objective = np.asarray(objective, np.float32).reshape(-1)
-    history = np.asarray(history, np.float32)
+    objective = np.asarray(chunk.objective, np.float32).reshape(-1)
+    history = np.asarray(chunk.history, np.float32)
     if objective.shape != (n,) or history.ndim != 2 or history.shape[0] != n:
         raise JaxvisError(
             f"objective must be [{n}] and history [{n}, steps]; got "

@@ -44,13 +44,13 @@ def _expected_shapes(head: bool) -> dict[str, tuple[tuple[int, ...], tuple[int, 
     fan_in = 3
     for layer in FEATURE_LAYERS:
         if layer.kind == "conv":
-            shapes[layer.name] = ((3, 3, fan_in, layer.filters), (layer.filters,))
-            fan_in = layer.filters
+            shapes[layer.name] = ((3, 3, fan_in, layer.num_filters), (layer.num_filters,))
+            fan_in = layer.num_filters
     fan_in = 7 * 7 * 512  # Keras applications/vgg16.py: Flatten of the 7x7x512 block5_pool.
     for layer in HEAD_LAYERS if head else ():
         if layer.kind == "dense":
-            shapes[layer.name] = ((fan_in, layer.filters), (layer.filters,))
-            fan_in = layer.filters
+            shapes[layer.name] = ((fan_in, layer.num_filters), (layer.num_filters,))
+            fan_in = layer.num_filters
     return shapes
 
 

@@ -1,82 +1,30 @@
-"""The model object that the engine and the CLI work with.
+"""Building :class:`FeatureModel` s: the VGG16 constructor.
 
-Any model the engine can visualize follows one small protocol (see
-:class:`FeatureModel`): a pure ``apply(params, images, stop_at) -> {name: activation}``
-that computes nothing beyond ``stop_at``, its ``params``, and an ordered ``layers`` list
-of :class:`LayerInfo` with filter counts. VGG16 is one such model; a user's own Flax CNN
-is another (see README, "Your own models").
+The protocol itself (:class:`FeatureModel`, :class:`LayerInfo`) lives in
+``jaxvis/models/feature_model.py``; this module turns a weights source into a model that
+follows it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 
-from jaxvis._types import Array, Params
-from jaxvis.errors import JaxvisError, choices
 from jaxvis.models import vgg16 as _vgg
 from jaxvis.models import weights as _weights
-from jaxvis.models.vgg16 import LayerInfo
-from jaxvis.models.weights import WeightsInfo
+from jaxvis.models.feature_model import FeatureModel, LayerInfo
+from jaxvis.models.weights_info import WeightsInfo
+
+__all__ = ["FeatureModel", "LayerInfo", "WeightsInfo", "vgg16"]
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class FeatureModel:
-    """A model the engine can visualize.
-
-    Attributes:
-      name: short model name, recorded in atlases.
-      apply: pure ``(params, images [N,H,W,3] RGB in [0,1], stop_at) -> {name: [N,h,w,C]}``.
-        It must compute nothing beyond ``stop_at``. Conv layers should also expose the
-        pre-ReLU response as ``name + ":pre"`` if they want it to be the default target.
-      params: the weights pytree, passed to ``apply`` as an argument (never closed over).
-      layers: ordered layers that ``stop_at`` accepts, with their filter counts.
-      info: provenance of the weights.
-      min_size: smallest accepted image side in pixels.
-      unavailable: ``{layer: reason}`` for layers this instance cannot compute (a head
-        asked of headless weights), so the error can say why.
-      dtype: compute dtype name, recorded in atlases (bf16 and fp32 pictures differ).
-
-    Equality is identity, so a model can key the engine's compile cache.
-    """
-
-    name: str
-    apply: Callable[[Params, Array, str], dict[str, Array]]
-    params: Params
-    layers: Sequence[LayerInfo]
-    info: WeightsInfo | None = None
-    min_size: int = 1
-    unavailable: Mapping[str, str] = dataclasses.field(default_factory=dict)
-    dtype: str = "float32"
-
-    def layer(self, name: str) -> LayerInfo:
-        """The named layer, or a one-line error listing the valid ones."""
-        for la in self.layers:
-            if la.name == name:
-                return la
-        if name in self.unavailable:
-            raise JaxvisError(f"layer {name!r} {self.unavailable[name]}")
-        raise JaxvisError(
-            f"unknown layer {name!r} for {self.name}; valid layers: "
-            f"{choices(la.name for la in self.layers)}"
-        )
-
-    def num_filters(self, layer: str) -> int:
-        """Number of filters (channels or units) of ``layer``."""
-        return self.layer(layer).filters
-
-    def features(self, images: Array, stop_at: str) -> dict[str, Array]:
-        """Activations up to ``stop_at`` for float32 [N, H, W, 3] RGB images in [0, 1]."""
-        self.layer(stop_at.removesuffix(":pre"))
-        return self.apply(self.params, jnp.asarray(images, jnp.float32), stop_at)
-
-    @property
-    def conv_layers(self) -> list[str]:
-        return [la.name for la in self.layers if la.kind == "conv"]
+@functools.cache
+def _vgg16_apply(preprocessing: str, dtype: str):
+    """One ``apply`` per (preprocessing, dtype), so that every ``vgg16()`` with the same
+    settings shares the engine's compiled programs (they are keyed on ``apply``)."""
+    return functools.partial(_vgg.features, preprocessing=preprocessing, dtype=jnp.dtype(dtype))
 
 
 def vgg16(weights: str | None = "imagenet", seed: int = 0, dtype=jnp.float32) -> FeatureModel:
@@ -96,7 +44,7 @@ def vgg16(weights: str | None = "imagenet", seed: int = 0, dtype=jnp.float32) ->
     params, info = _weights.load(weights, seed)
     params = jax.tree_util.tree_map(jnp.asarray, params)
     layers = _vgg.FEATURE_LAYERS + (_vgg.HEAD_LAYERS if info.has_head else ())
-    apply = functools.partial(_vgg.features, preprocessing=info.preprocessing, dtype=dtype)
+    apply = _vgg16_apply(info.preprocessing, jnp.dtype(dtype).name)
     no_head = (
         ""
         if info.has_head

@@ -16,28 +16,17 @@ Activation names, as returned by :func:`features`:
 
 from __future__ import annotations
 
-import dataclasses
-
 import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxvis._types import Array, Params
 from jaxvis.errors import JaxvisError, choices
+from jaxvis.models.feature_model import PRE, LayerInfo
 
 # (block, number of convs, filters). Keras applications/vgg16.py.
 _BLOCKS = ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512))
 HEAD_SIZE = 224  # The head's fc1 expects a 7x7x512 map, i.e. a 224x224 input.
 MIN_SIZE = 32  # Five 2x2 pools need at least 32 px to leave one pixel.
-PRE = ":pre"  # Suffix for a layer's pre-activation (pre-ReLU) output.
-
-
-@dataclasses.dataclass(frozen=True)
-class LayerInfo:
-    """One named layer: its kind (``conv``, ``pool``, ``flatten``, ``dense``) and width."""
-
-    name: str
-    kind: str
-    filters: int
 
 
 def _conv_layers() -> list[LayerInfo]:
@@ -107,7 +96,7 @@ class VGG16(nn.Module):
         for layer in FEATURE_LAYERS + HEAD_LAYERS:
             if layer.kind == "conv":
                 pre = nn.Conv(
-                    layer.filters, (3, 3), padding="SAME", dtype=self.dtype, name=layer.name
+                    layer.num_filters, (3, 3), padding="SAME", dtype=self.dtype, name=layer.name
                 )(x)
                 acts[layer.name + PRE] = pre
                 x = nn.relu(pre)
@@ -116,7 +105,7 @@ class VGG16(nn.Module):
             elif layer.kind == "flatten":
                 x = x.reshape(x.shape[0], -1)  # channels-last order, as Keras flattens
             else:
-                x = nn.Dense(layer.filters, dtype=self.dtype, name=layer.name)(x)
+                x = nn.Dense(layer.num_filters, dtype=self.dtype, name=layer.name)(x)
                 if layer.name != "predictions":
                     acts[layer.name + PRE] = x
                     x = nn.relu(x)

@@ -9,7 +9,6 @@ Sources (see weights/README.md at the repository root for where each came from):
 
 from __future__ import annotations
 
-import dataclasses
 import os
 
 import jax
@@ -19,32 +18,9 @@ import numpy as np
 from jaxvis.errors import JaxvisError
 from jaxvis.models import torchvision_ckpt
 from jaxvis.models.vgg16 import FEATURE_LAYERS, HEAD_LAYERS
+from jaxvis.models.weights_info import WeightsInfo
 
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class WeightsInfo:
-    """Where a model's weights came from; written into every atlas.
-
-    Attributes:
-      source: ``"imagenet-torchvision"``, ``"keras-h5"`` or ``"random"``.
-      sha256: hash of the file the weights came from ("" for random weights).
-      preprocessing: ``"torchvision"`` or ``"caffe"``.
-      has_head: whether ``fc1``, ``fc2`` and ``predictions`` are loaded.
-      trained: False for random weights, so no picture is mistaken for a real one.
-      path: the file read, or "".
-      seed: the init seed for random weights, else None.
-    """
-
-    source: str
-    sha256: str
-    preprocessing: str
-    has_head: bool
-    trained: bool
-    path: str = ""
-    seed: int | None = None
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+__all__ = ["WeightsInfo", "load", "random_params"]
 
 
 def random_params(seed: int = 0, head: bool = False) -> dict:
@@ -57,17 +33,17 @@ def random_params(seed: int = 0, head: bool = False) -> dict:
     keys = jax.random.split(jax.random.key(seed), len(layers))
     for key, layer in zip(keys, layers, strict=True):
         if layer.kind == "conv":
-            shape = (3, 3, fan_in, layer.filters)
+            shape = (3, 3, fan_in, layer.num_filters)
             fan = 9 * fan_in
         else:
             fan = 7 * 7 * 512 if layer.name == "fc1" else fan_in
-            shape = (fan, layer.filters)
+            shape = (fan, layer.num_filters)
         kernel = jax.random.normal(key, shape, jnp.float32) * np.sqrt(2.0 / fan)
         params[layer.name] = {
             "kernel": np.asarray(kernel),
-            "bias": np.zeros(layer.filters, np.float32),
+            "bias": np.zeros(layer.num_filters, np.float32),
         }
-        fan_in = layer.filters
+        fan_in = layer.num_filters
     return params
 
 
