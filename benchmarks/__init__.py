@@ -1,4 +1,5 @@
-"""Benchmarks for jaxvis: run as ``python -m benchmarks.<name> [--quick]`` from the repo root.
+"""Benchmarks for jaxvis: run as ``python -m benchmarks.<name> [--tiny | --quick]`` from the
+repository root.
 
 See benchmarks/README.md for what each script measures and how FLOPs are counted.
 """

@@ -7,39 +7,55 @@ setting alike):
    compile time and the wall time of a 1-filter and a whole-layer job (compile + work);
 2. chunk sizes (units per compiled call) at the platform's default k, up to memory;
 3. ``lax.scan`` over all steps (``jit(vmap(ascent.run_one))``) against the engine's
-   ``Program.run`` for the same steps, end to end (PERF-NOTES fact 1).
+   ``Program.run`` for the same steps, end to end (benchmarks/README.md, "while-loop
+   convolutions").
 
+    python -m benchmarks.chunk_sweep --tiny --out-dir /tmp   # seconds: does it run?
     python -m benchmarks.chunk_sweep --quick
     python -m benchmarks.chunk_sweep
 """
 
 from __future__ import annotations
 
-import time
+import dataclasses
 
 import jax
 import numpy as np
 
-from benchmarks import common as C
-from benchmarks.throughput import interleaved, prepare
+from benchmarks import ceilings, env, options
+from benchmarks.cases import prepare, result_row
+from benchmarks.report import print_table, write_results
+from benchmarks.scan import print_scan_rows, scan_vs_blocks
+from benchmarks.timing import interleaved
 
-QUICK = {
-    "layer": "block3_conv1",
-    "size": 64,
-    "ks": [1, 2, 4, 8],
-    "chunk_k": 2,
-    "chunks": [1, 2, 4, 8],
-    "scan_steps": 8,
-    "target_s": 1.5,
-}
-FULL = {
-    "layer": "block4_conv1",
-    "size": 128,
-    "ks": [1, 2, 4, 8, 16],
-    "chunk_k": None,
-    "chunks": None,
-    "scan_steps": 32,
-    "target_s": 3.0,
+MODES = {
+    "tiny": {
+        "layer": "block1_conv1",
+        "size": 32,
+        "ks": [1, 2],
+        "chunk_k": 2,
+        "chunks": [1, 2],
+        "scan_steps": 2,
+        "target_s": 0.05,
+    },
+    "quick": {
+        "layer": "block3_conv1",
+        "size": 64,
+        "ks": [1, 2, 4, 8],
+        "chunk_k": 2,
+        "chunks": [1, 2, 4, 8],
+        "scan_steps": 8,
+        "target_s": 1.5,
+    },
+    "full": {
+        "layer": "block4_conv1",
+        "size": 128,
+        "ks": [1, 2, 4, 8, 16],
+        "chunk_k": None,
+        "chunks": None,
+        "scan_steps": 32,
+        "target_s": 3.0,
+    },
 }
 ATLAS_STEPS = 512
 
@@ -64,29 +80,23 @@ def out_of_memory(e: Exception) -> bool:
     return "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
 
 
-class RunCase:
-    """A whole run (init, all steps, finish) as one timed call: Program.run or the scan."""
+def block_cases(model, layer, size, base, settings, by_chunk: bool, reuse=()):
+    """Compiled block cases for (chunk, k) settings; stops at the first out-of-memory.
 
-    def __init__(self, variant: str, fn, args, steps: int, chunk: int):
-        self.variant, self.fn, self.args = variant, fn, args
-        self.steps, self.chunk = steps, chunk
-
-    def call(self) -> float:
-        start = time.perf_counter()
-        jax.block_until_ready(self.fn(*self.args))
-        return time.perf_counter() - start
-
-
-def block_cases(model, layer, size, base, settings, chunk_label: bool):
-    """Compiled block cases for (chunk, k) settings; stops at the first out-of-memory."""
+    A setting already compiled in ``reuse`` is relabelled, not compiled again.
+    """
     from jaxvis import engine
 
+    done = {(c.chunk, c.k): c for c in reuse}
     cases = []
     for chunk, k in settings:
+        label = f"chunk={chunk}" if by_chunk else f"k={k}"
+        if (chunk, k) in done:
+            cases.append(dataclasses.replace(done[chunk, k], variant=label))
+            continue
         if not fits(model, base.ascent.stop_at, size, chunk):
             print(f"skip chunk {chunk}: estimated activations exceed device memory")
             break
-        label = f"chunk={chunk}" if chunk_label else f"k={k}"
         try:
             cases.append(prepare(model, engine.Program(base.ascent, k), layer, size, chunk, label))
         except Exception as e:  # noqa: BLE001 - only out-of-memory is expected here
@@ -98,8 +108,6 @@ def block_cases(model, layer, size, base, settings, chunk_label: bool):
 
 
 def sweep_rows(cases, times, ceil, kernels, model, layer) -> list[dict]:
-    from benchmarks.throughput import result_row
-
     rows = []
     filters = model.num_filters(layer)
     for case in cases:
@@ -130,55 +138,20 @@ def sweep_table(rows: list[dict]) -> list[dict]:
     ]
 
 
-def scan_vs_blocks(model, layer, size, config, steps, chunk, kernels, target_s):
-    """End-to-end steady-state: lax.scan over steps vs Program.run (blocks of k)."""
-    from jaxvis import engine
-
-    prog = engine.program(model, layer, size, config, steps=steps)
-    units, keys = C.units_and_keys(engine, layer, chunk)
-    params = model.params
-    scan = jax.jit(jax.vmap(prog.ascent.run_one, in_axes=(None, 0, 0)))
-    cases, compile_s = [], {}
-    for label, fn in (
-        (f"Program.run (k={prog.block_steps})", prog.run),
-        ("lax.scan (jit(vmap(run_one)))", scan),
-    ):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(params, keys, units))  # compiles
-        compile_s[label] = time.perf_counter() - start
-        cases.append(RunCase(label, fn, (params, keys, units), steps, chunk))
-    times, _ = interleaved(cases, kernels, target_s)
-    flops = C.step_flops(model, layer, *C.seen_shape(prog)[1:])["total"]
-    rows = []
-    for case in cases:
-        s = C.summary(times[case.variant])
-        rows.append(
-            {
-                "variant": case.variant,
-                "steps": steps,
-                "chunk": chunk,
-                **s,
-                "first_call_s": compile_s[case.variant],
-                "filter_steps_per_s": steps * chunk / s["median_s"],
-                "gflop_per_s_total_convention": flops * steps * chunk / s["median_s"] / 1e9,
-            }
-        )
-    return rows
-
-
 def best(rows: list[dict], key: str = "filter_steps_per_s") -> dict:
     return max(rows, key=lambda r: r[key])
 
 
 def main(argv=None) -> None:
-    p = C.base_parser(__doc__.splitlines()[0])
+    p = options.base_parser(__doc__.splitlines()[0])
     p.add_argument("--layer")
     p.add_argument("--size", type=int)
     p.add_argument("--ks", help="comma-separated steps per block")
     p.add_argument("--chunks", help="comma-separated chunk sizes")
-    p.add_argument("--preset", default="lucid")
+    p.add_argument("--preset", help="preset to time (default: keras-vis if --tiny, else lucid)")
     args = p.parse_args(argv)
-    mode = dict(QUICK if args.quick else FULL)
+    args.preset = args.preset or options.default_preset(args)
+    mode = dict(MODES[options.mode(args)])
     mode["layer"] = args.layer or mode["layer"]
     mode["size"] = args.size or mode["size"]
     if args.ks:
@@ -188,16 +161,25 @@ def main(argv=None) -> None:
     run(args, mode)
 
 
+def sweep(cases, model, layer, kernels, target_s, title) -> list[dict]:
+    """Times (interleaved) and prints one sweep of compiled block cases."""
+    times, ceil = interleaved(cases, kernels, target_s)
+    rows = sweep_rows(cases, times, ceil, kernels, model, layer)
+    print_table(sweep_table(rows), title=title)
+    return rows
+
+
 def run(args, mode: dict) -> None:
     from jaxvis import devices, engine, presets
 
-    print(C.describe_device())
-    platform = C.platform_name()
-    model = C.load_model(args.weights, args.dtype)
-    layer, size = mode["layer"], mode["size"]
+    print(env.describe_device())
+    platform = env.platform_name()
+    model = options.load_model(args.weights, args.dtype)
+    layer, size, target_s = mode["layer"], mode["size"], mode["target_s"]
     config = presets.get(args.preset)
     base = engine.program(model, layer, size, config)
-    kernels = C.ceiling_kernels(C.DTYPES[args.dtype])
+    tiny = options.mode(args) == "tiny"
+    kernels = ceilings.ceiling_kernels(options.DTYPES[args.dtype], tiny=tiny)
     auto = devices.auto_chunk(model, base.ascent.stop_at, size, model.num_filters(layer))
     default_k = engine.BLOCK_STEPS.get(platform, 16)
     chunk_k = mode["chunk_k"] or default_k
@@ -206,47 +188,24 @@ def run(args, mode: dict) -> None:
         f"{layer} @ {size} px, preset {args.preset}; auto chunk {auto}, "
         f"BLOCK_STEPS[{platform}] = {default_k}"
     )
-
-    k_cases = block_cases(model, layer, size, base, [(auto, k) for k in mode["ks"]], False)
-    times, ceil = interleaved(k_cases, kernels, mode["target_s"])
-    k_rows = sweep_rows(k_cases, times, ceil, kernels, model, layer)
-    C.print_table(sweep_table(k_rows), title=f"Steps per block k (chunk {auto})")
-    del k_cases
-
-    c_cases = block_cases(model, layer, size, base, [(c, chunk_k) for c in chunks], True)
-    times, ceil = interleaved(c_cases, kernels, mode["target_s"])
-    c_rows = sweep_rows(c_cases, times, ceil, kernels, model, layer)
-    C.print_table(sweep_table(c_rows), title=f"Chunk size (k = {chunk_k})")
-    del c_cases
-
+    cases = block_cases(model, layer, size, base, [(auto, k) for k in mode["ks"]], False)
+    title = f"Steps per block k (chunk {auto})"
+    k_rows = sweep(cases, model, layer, kernels, target_s, title)
+    keep = [c for c in cases if c.k == chunk_k]  # the chunk sweep's own setting
+    del cases  # free the other k's buffers before the larger chunks
+    settings = [(c, chunk_k) for c in chunks]
+    cases = block_cases(model, layer, size, base, settings, True, reuse=keep)
+    del keep
+    c_rows = sweep(cases, model, layer, kernels, target_s, f"Chunk size (k = {chunk_k})")
+    del cases
     scan_rows = scan_vs_blocks(
-        model, layer, size, config, mode["scan_steps"], auto, kernels, mode["target_s"]
+        model, layer, size, config, mode["scan_steps"], auto, kernels, target_s
     )
-    C.print_table(
-        [
-            {
-                k: r[k]
-                for k in (
-                    "variant",
-                    "steps",
-                    "chunk",
-                    "median_s",
-                    "best_s",
-                    "first_call_s",
-                    "filter_steps_per_s",
-                    "gflop_per_s_total_convention",
-                )
-            }
-            for r in scan_rows
-        ],
-        title="lax.scan vs blocks, whole run, steady state",
-    )
-
+    print_scan_rows(scan_rows)
     conclusions = summarize(k_rows, c_rows, scan_rows, default_k, auto)
-    for line in conclusions:
-        print(line)
+    print("\n".join(conclusions))
     payload = {
-        "mode": "quick" if args.quick else "full",
+        "mode": options.mode(args),
         "layer": layer,
         "size": size,
         "dtype": args.dtype,
@@ -259,8 +218,8 @@ def run(args, mode: dict) -> None:
         "conclusions": conclusions,
     }
     if not args.no_save:
-        name = "chunk_sweep" + ("-quick" if args.quick else "")
-        print("wrote", C.write_results(name, payload))
+        name = options.result_name("chunk_sweep", args)
+        print("wrote", write_results(name, payload, args.out_dir))
 
 
 def summarize(k_rows, c_rows, scan_rows, default_k, auto) -> list[str]:

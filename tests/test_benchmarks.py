@@ -1,0 +1,100 @@
+"""Every benchmark runs end to end in ``--tiny`` mode and writes a well-formed JSON result.
+
+Each runs as users run it (``python -m benchmarks.<name>`` from the repository root), in a
+subprocess on the CPU, writing into a temporary directory so that benchmarks/results/
+only ever holds real measurements. The numbers are not checked: at 32 px and 2 steps
+they mean nothing; what is checked is that the code runs and records what it claims to.
+
+Throughput and chunk_sweep time the keras-vis preset in tiny mode, sequential runs
+``jaxvis.visualize`` with its default (lucid), so both presets are exercised. The three
+share a persistent XLA compilation cache in a temporary directory. Most of a
+tiny run is compiling, and the benchmarks compile some identical programs (the same
+block in throughput and chunk_sweep; the same program for each variant of sequential),
+so this keeps the file quick without changing which code runs.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT_S = 300
+
+
+@pytest.fixture(scope="module")
+def bench_env(tmp_path_factory):
+    """The environment of a benchmark subprocess: CPU only, repo importable, shared cache."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["JAX_PLATFORMS"] = "cpu"
+    env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("xla-cache"))
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
+    return env
+
+
+def run_tiny(name: str, out_dir: Path, env: dict) -> dict:
+    """Runs ``benchmarks.<name> --tiny`` into ``out_dir``; returns its one JSON result."""
+    cmd = [sys.executable, "-m", f"benchmarks.{name}", "--tiny", "--out-dir", str(out_dir)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    files = list(out_dir.glob(f"{name}-tiny-*.json"))
+    assert len(files) == 1, f"expected one {name}-tiny-*.json in {out_dir}, got {files}"
+    assert str(files[0]) in proc.stdout  # the path it says it wrote
+    payload = json.loads(files[0].read_text())
+    check_environment(payload)
+    assert payload["mode"] == "tiny"
+    return payload
+
+
+def check_environment(payload: dict) -> None:
+    env = payload["environment"]
+    for key in ("platform", "jax", "jaxlib", "date", "cpu_model", "cpu_count", "load_average"):
+        assert key in env, key
+    assert env["platform"] == "cpu"
+    assert set(env["cpu_speed_flags"]) == {"avx2", "fma", "avx512f"}
+    assert all(isinstance(v, bool) for v in env["cpu_speed_flags"].values())
+
+
+def test_throughput_tiny(tmp_path, bench_env):
+    payload = run_tiny("throughput", tmp_path, bench_env)
+    rows = payload["rows"]
+    variants = {r["variant"] for r in rows}
+    assert payload["preset"] == "keras-vis"  # tiny's default: the quickest to compile
+    assert {"keras-vis", "no transforms", "pixel param, no transforms"} <= variants
+    assert {"model fwd+input-grad only", "transforms only (fwd+grad)"} <= variants
+    for r in rows:
+        assert r["size"] == 32 and r["k"] == 2
+        assert r["filter_steps_per_s"] > 0 and r["timed_calls"] >= 1
+    main = next(r for r in rows if r["variant"] == "keras-vis")
+    assert main["executed_flops_per_filter_step"] > 0
+    for name in ("matmul", "conv_fwd", "conv_input_grad"):
+        assert payload["ceilings"][name]["flops_per_s_median"] > 0
+        assert payload["ceilings"][name]["n"] == 1
+    assert payload["projection"]["total_hours_by_flops"] > 0
+    assert len(payload["projection"]["rows"]) == 13
+
+
+def test_chunk_sweep_tiny(tmp_path, bench_env):
+    payload = run_tiny("chunk_sweep", tmp_path, bench_env)
+    assert [r["k"] for r in payload["k_sweep"]] == [1, 2]
+    assert [r["chunk"] for r in payload["chunk_sweep"]] == [1, 2]
+    for r in payload["k_sweep"] + payload["chunk_sweep"]:
+        assert r["filter_steps_per_s"] > 0 and r["layer_wall_s"] > 0
+    scan = payload["scan_vs_blocks"]
+    assert len(scan) == 2 and all(r["filter_steps_per_s"] > 0 for r in scan)
+    assert payload["conclusions"]
+
+
+def test_sequential_tiny(tmp_path, bench_env):
+    payload = run_tiny("sequential", tmp_path, bench_env)
+    rows = payload["rows"]
+    assert len(rows) == 4
+    for r in rows:
+        assert r["steps"] == 2
+        assert r["cold_wall_s"] > 0 and r["steady_filter_steps_per_s"] > 0
+    assert payload["peers"] is None  # tiny settings are not the peers' settings
