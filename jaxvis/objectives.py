@@ -9,7 +9,7 @@ An :class:`Objective` wraps ``fn(acts, images, unit) -> scalar``:
   [0, 1], taken after the parameterization and BEFORE the transforms, so that
   regularizers see the image that is being optimized.
 * ``unit``: int32 scalar, a traced value. It is data, so one compiled step serves every
-  filter of a layer (STYLE.md, habit 2); it is only ever used to index.
+  filter of a layer instead of one compile per filter; it is only ever used to index.
 
 One sign convention: every objective returns a value to maximize, and regularizers return
 positive penalties that the user subtracts, e.g.

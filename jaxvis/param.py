@@ -1,5 +1,6 @@
 """Image parameterizations: pairs of pure functions ``init(key) -> raw`` and
-``to_image(raw) -> images`` (optax's contract, STYLE.md habit 8).
+``to_image(raw) -> images``, in the style of optax's ``init``/``update`` pairs: pure
+functions of explicit state, so the engine can vmap and jit them over units.
 
 ``raw`` is what the optimizer updates, for ONE unit. ``to_image`` gives the model-space
 images [B, H, W, 3] float32 RGB, nominally in [0, 1]; ``display`` (when set) gives what an

@@ -10,6 +10,7 @@ import os
 import pathlib
 import pickle
 import socket
+import sys
 import threading
 
 import h5py
@@ -264,7 +265,7 @@ def test_fetch_downloads_verifies_and_reuses(tmp_path, served, capsys):
     path = fetch.fetch("notop", cache_dir=str(cache), url=url, md5=md5)
     assert pathlib.Path(path).read_bytes() == data
     assert os.listdir(cache) == [os.path.basename(path)]  # no temporary file left
-    assert "100%" in capsys.readouterr().err
+    assert "jaxvis: downloaded" in capsys.readouterr().err
     assert fetch.fetch("notop", cache_dir=str(cache), url=url, md5=md5, progress=False) == path
     assert len(_Handler.requests) == 1  # the cached copy was used
     with open(path, "r+b") as f:  # a damaged cached copy is downloaded again
@@ -313,17 +314,43 @@ class _Terminal(io.StringIO):
         return True
 
 
-def test_progress_lines_in_logs_and_on_terminals():
-    log = io.StringIO()
-    bar = fetch._Progress("w.h5", 1000, log)
-    for _ in range(20):
-        bar.update(50)
-    bar.close()
-    lines = log.getvalue().splitlines()
-    assert len(lines) == 10 and "\r" not in log.getvalue()  # one line per 10%
-    assert lines[0].startswith("w.h5 [###") and lines[-1].endswith("100% 0.0/0.0 MB")
+def test_fetch_progress_in_logs_is_plain_lines(tmp_path, served, capsys):
+    url, md5, _ = served
+    fetch.fetch("notop", cache_dir=str(tmp_path), url=url, md5=md5)
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = err.splitlines()
+    assert lines[0] == f"jaxvis: downloading {os.path.basename(url)} (0.3 MB)"
+    assert lines[1].startswith(f"jaxvis: downloaded {os.path.basename(url)}, 0.3 MB in ")
+    assert len(lines) == 2
+
+
+def test_fetch_progress_on_a_terminal_is_a_tqdm_bar(tmp_path, served, monkeypatch):
+    url, md5, _ = served
     term = _Terminal()
-    bar = fetch._Progress("w.h5", 1000, term)
-    bar.update(1000)
-    bar.close()
-    assert term.getvalue().startswith("\rw.h5 [") and term.getvalue().endswith("100% 0.0/0.0 MB\n")
+    monkeypatch.setattr(sys, "stderr", term)
+    fetch.fetch("notop", cache_dir=str(tmp_path), url=url, md5=md5)
+    text = term.getvalue()
+    assert text.startswith("\r" + os.path.basename(url)) and text.endswith("\n")
+    assert "100%" in text.split("\r")[-1] and "300k/300k" in text  # bytes, unit-scaled
+
+
+def test_fetch_without_progress_is_silent(tmp_path, served, monkeypatch, capsys):
+    url, md5, _ = served
+    monkeypatch.setattr(sys, "stderr", _Terminal())
+    fetch.fetch("notop", cache_dir=str(tmp_path / "a"), url=url, md5=md5, progress=False)
+    assert sys.stderr.getvalue() == ""
+    monkeypatch.undo()
+    fetch.fetch("notop", cache_dir=str(tmp_path / "b"), url=url, md5=md5, progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_fetch_progress_says_when_a_download_stops():
+    log = io.StringIO()
+    with pytest.raises(OSError), fetch._meter("w.h5", 2_000_000, True, log) as update:
+        update(500_000)
+        raise OSError("connection reset")
+    assert log.getvalue().splitlines() == [
+        "jaxvis: downloading w.h5 (2.0 MB)",
+        "jaxvis: download of w.h5 stopped after 0.5 MB",
+    ]

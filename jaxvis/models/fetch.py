@@ -7,6 +7,7 @@ its MD5 matches the one Keras publishes, so the cache never holds a partial or w
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import os
@@ -17,6 +18,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from typing import TextIO
+
+from tqdm import tqdm
 
 from jaxvis.errors import JaxvisError, choices
 
@@ -50,66 +53,49 @@ def _md5(path: str) -> str:
     return digest.hexdigest()
 
 
-class _Progress:
-    """A download progress line on ``stream``.
+@contextlib.contextmanager
+def _meter(label: str, total: int | None, enabled: bool, stream: TextIO | None = None):
+    """Yields ``update(n_bytes)`` for a download's progress on ``stream`` (stderr).
 
-    On a terminal it is redrawn in place with ``\\r`` at most 10 times a second; in a log
-    or pipe it prints a plain line every 10% (or 50 MB when the size is unknown).
+    On a terminal that is a tqdm bar in bytes. Off one, tqdm's ``\\r`` redraws would make
+    a log one unreadable line, so it writes a plain line when the download starts and one
+    when it ends or fails. Disabled, it writes nothing.
     """
-
-    def __init__(self, label: str, total: int, stream: TextIO):
-        self.label, self.total, self.stream = label, total, stream
-        self.done, self.drawn, self.last = 0, 0, 0.0
-        self.tty = bool(getattr(stream, "isatty", None) and stream.isatty())
-
-    def update(self, n: int) -> None:
-        before, self.done = self.done, self.done + n
-        if self.tty:
-            now = time.monotonic()
-            if now - self.last >= 0.1:
-                self.last = now
-                self._draw()
-        elif self._step(before) != self._step(self.done):
-            self._draw()
-
-    def close(self) -> None:
-        """Draws the final state, if not yet shown, and ends the line."""
-        if self.done != self.drawn:
-            self._draw()
-        if self.tty and self.done:
-            self.stream.write("\n")
-        self.stream.flush()
-
-    def _step(self, done: int) -> int:
-        return 10 * done // self.total if self.total else done // 50_000_000
-
-    def _draw(self) -> None:
-        self.drawn = self.done
-        mb = self.done / 1e6
-        line = f"{self.label} {mb:.1f} MB"
-        if self.total:
-            frac = min(self.done / self.total, 1.0)
-            bar = "#" * int(30 * frac)
-            line = f"{self.label} [{bar:<30}] {100 * frac:3.0f}% {mb:.1f}/{self.total / 1e6:.1f} MB"
-        self.stream.write("\r" + line if self.tty else line + "\n")
-        self.stream.flush()
+    stream = sys.stderr if stream is None else stream
+    if not enabled:
+        yield lambda n: None
+        return
+    if getattr(stream, "isatty", None) and stream.isatty():
+        with tqdm(total=total, desc=label, unit="B", unit_scale=True, file=stream) as bar:
+            yield bar.update
+        return
+    size = f" ({total / 1e6:.1f} MB)" if total else ""
+    stream.write(f"jaxvis: downloading {label}{size}\n")
+    stream.flush()
+    chunks: list[int] = []
+    start = time.monotonic()
+    try:
+        yield chunks.append
+    except BaseException:
+        stream.write(f"jaxvis: download of {label} stopped after {sum(chunks) / 1e6:.1f} MB\n")
+        raise
+    else:
+        took = tqdm.format_interval(time.monotonic() - start)
+        stream.write(f"jaxvis: downloaded {label}, {sum(chunks) / 1e6:.1f} MB in {took}\n")
+    finally:
+        stream.flush()
 
 
-def _download(url: str, out, progress: _Progress | None) -> str:
+def _download(url: str, out, label: str, progress: bool) -> str:
     """Streams ``url`` into the open file ``out``; returns the MD5 of what it wrote."""
     digest = hashlib.md5(usedforsecurity=False)
-    try:
-        with urllib.request.urlopen(url, timeout=_TIMEOUT_S) as response:
-            if progress is not None:
-                progress.total = int(response.headers.get("Content-Length") or 0)
+    with urllib.request.urlopen(url, timeout=_TIMEOUT_S) as response:
+        total = int(response.headers.get("Content-Length") or 0) or None
+        with _meter(label, total, progress) as update:
             while chunk := response.read(_CHUNK):
                 out.write(chunk)
                 digest.update(chunk)
-                if progress is not None:
-                    progress.update(len(chunk))
-    finally:
-        if progress is not None:
-            progress.close()  # also on failure, so an error starts on a fresh line
+                update(len(chunk))
     return digest.hexdigest()
 
 
@@ -162,9 +148,8 @@ def fetch(
     except OSError as e:
         raise JaxvisError(f"cannot write to the weights cache {folder}: {e}") from None
     try:
-        bar = _Progress(name, 0, sys.stderr) if progress else None
         with os.fdopen(fd, "wb") as out:
-            got = _download(url, out, bar)
+            got = _download(url, out, name, progress)
         if got != expected:
             raise JaxvisError(
                 f"download of {url} has MD5 {got}, expected {expected}; nothing was saved, "

@@ -74,7 +74,7 @@ def max_pool_2x2(x: Array) -> Array:
     """2x2 stride-2 max-pool as reshape-and-max, flooring odd sizes like Keras 'valid'.
 
     Same forward result as ``lax.reduce_window``; its gradient is much cheaper on XLA:CPU
-    (shared/PERF-NOTES.md, fact 2).
+    (benchmarks/README.md, "max-pool gradient").
     """
     n, h, w, c = x.shape
     x = x[:, : h // 2 * 2, : w // 2 * 2]
