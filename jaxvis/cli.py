@@ -1,19 +1,40 @@
 """The ``jaxvis`` command: argument parsing around library calls, nothing more.
 
-Every :class:`JaxvisError`, every OSError and Ctrl-C becomes one line on stderr and exit
-status 2 (argparse's own status for bad arguments), never a traceback. Subcommands that
-need jax import it inside their function, so ``jaxvis info`` and ``export`` stay light.
+Every :class:`JaxvisError`, every OSError and every bad argument becomes one line
+``jaxvis: error: ...`` on stderr and exit status 2, never a traceback or a usage block
+(``--help`` shows the usage). Ctrl-C (SIGINT) and SIGTERM, which job schedulers send,
+print one line and exit at once with status 130 and 143 (128 + the signal number), at any
+moment: atlases are only ever changed by atomic snapshots, so what was committed stays
+and the same command resumes. Subcommands that need jax import it inside their
+function, so ``jaxvis info`` and ``export`` stay light.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from collections.abc import Sequence
 
 from jaxvis.errors import JaxvisError
 
 EXIT_ERROR = 2
+OVERWRITE_HELP = (
+    "build a new atlas instead of resuming OUT: it is written beside it, to OUT.new, and "
+    "replaces OUT only once complete, so OUT stays whole until then; re-running the same "
+    "command after a crash resumes OUT.new. Never touches a file that is not a jaxvis atlas"
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``jaxvis: error: ...`` and status 2, no usage."""
+
+    def error(self, message: str):
+        command = self.prog.removeprefix("jaxvis").strip()
+        sys.exit(_fail(f"{command}: {message}" if command else message))
+
+
 WEIGHTS_HELP = "imagenet (default, torchvision), random (untrained), or a Keras VGG16 .h5 path"
 
 
@@ -78,7 +99,7 @@ def cmd_weights_fetch(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="jaxvis",
         description="Batched feature visualization for ConvNets, stored in HDF5 atlases.",
     )
@@ -104,11 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["float32", "bfloat16"],
         help="compute dtype of the network (bfloat16: faster on GPUs/TPUs, not on CPUs)",
     )
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="start the atlas over if it was made with other settings",
-    )
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_atlas)
 
@@ -132,6 +149,25 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--no-progress", action="store_true")
     f.set_defaults(func=cmd_weights_fetch)
     return parser
+
+
+def _exit_on_signal(signum: int, frame) -> None:
+    """Ends the process at once, with one line: nothing is half-written (every atlas
+    change is an atomic snapshot), and tearing down XLA mid-start-up could crash."""
+    name = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+    sys.stdout.flush()
+    sys.stderr.write(f"\njaxvis: error: {name}; re-run the same command to resume\n")
+    sys.stderr.flush()
+    os._exit(128 + signum)
+
+
+def entry() -> int:
+    """The ``jaxvis`` executable: :func:`main`, with SIGINT and SIGTERM ending the process
+    at once (see the module docstring). In-process callers of :func:`main` keep Python's
+    own handlers."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _exit_on_signal)
+    return main()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -160,4 +196,4 @@ def _fail(message: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

@@ -18,11 +18,13 @@ slice of the unit axis.
 from __future__ import annotations
 
 import math
+import os
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxvis.errors import JaxvisError
 from jaxvis.models.feature_model import FeatureModel
 
 MAX_CHUNK = 256
@@ -37,6 +39,60 @@ def activation_bytes(model: FeatureModel, stop_at: str, size: int) -> int:
     shapes = model.shapes(stop_at, size)
     total = sum(math.prod(s.shape) * np.dtype(s.dtype).itemsize for s in shapes.values())
     return int(total) * _BACKWARD_COPIES
+
+
+# Per-unit float32 copies of the input image the ascent holds: the parameterization's raw
+# values and spectrum, the image, its transformed view, their gradients and the optimizer
+# moments. A rough upper bound, like _BACKWARD_COPIES.
+_IMAGE_COPIES = 12
+# Share of the memory a chunk may plan to use; the rest is XLA's and the program's.
+_MEMORY_SHARE = 0.8
+
+
+def unit_bytes(model: FeatureModel, stop_at: str, size: int) -> int:
+    """Estimated bytes of one unit's ascent step: activations, plus the image copies."""
+    return activation_bytes(model, stop_at, size) + _IMAGE_COPIES * 4 * 3 * size * size
+
+
+def available_memory(device: jax.Device) -> int | None:
+    """Bytes a chunk may use: the accelerator's limit, or the host's available memory."""
+    if device.platform != "cpu":
+        return device_memory(device)
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        pages = os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
+        return pages * os.sysconf("SC_PAGE_SIZE") if pages > 0 else None
+
+
+def check_fits(model: FeatureModel, stop_at: str, size: int, chunk: int) -> None:
+    """A one-line error, before anything is allocated or written, if a chunk of ``chunk``
+    units at ``size`` px would not fit in memory; it names the estimate and the largest
+    size that would fit."""
+    device = jax.devices()[0]
+    memory = available_memory(device)
+    if not memory:
+        return
+    per_device = -(-chunk // jax.device_count())
+    need = unit_bytes(model, stop_at, size) * per_device
+    budget = memory * _MEMORY_SHARE
+    if need <= budget:
+        return
+    largest = int(size * math.sqrt(budget / need))  # memory grows with the pixel count
+    while largest > model.min_size and unit_bytes(model, stop_at, largest) * per_device > budget:
+        largest -= 1
+    fits = (
+        f"the largest size that fits is about {largest} px"
+        if largest >= model.min_size
+        else ("no size fits")
+    )
+    raise JaxvisError(
+        f"size {size} px needs about {need / 2**30:.1f} GiB for a chunk of {per_device} "
+        f"unit(s) at {stop_at}, but {device.platform} has {memory / 2**30:.1f} GiB "
+        f"available; {fits}" + (" (or use a smaller --batch)" if per_device > 1 else "")
+    )
 
 
 def device_memory(device: jax.Device) -> int | None:

@@ -333,6 +333,10 @@ def visualize(
     units = model.check_filters(layer, filters)
     size = model.check_size(size)
     batch = check_batch(batch)
+    model.check_runs(layer, size)
+    devices.check_fits(
+        model, layer, size, devices.chunk_size(model, layer, size, len(units), batch)
+    )
     prog = program(
         model,
         layer,

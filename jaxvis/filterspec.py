@@ -70,6 +70,11 @@ def parse_filters(spec: str, num_filters: int, *, seed: int = 0, layer: str = ""
         return random_filters(k, num_filters, seed=seed, layer=layer)
     chosen: set[int] = set()
     for item in items:
+        if item.startswith("-"):
+            raise JaxvisError(
+                f"bad filter spec {spec!r}: {item!r} is negative; filters are 0 to "
+                f"{num_filters - 1} ({_where(layer, num_filters)})"
+            )
         first, sep, last = item.partition("-")
         lo = _int(first.strip(), spec)
         hi = _int(last.strip(), spec) if sep else lo

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 import jax
 import numpy as np
 
-from jaxvis import engine, presets
+from jaxvis import devices, engine, presets
 from jaxvis.atlas import AtlasWriter
 from jaxvis.errors import JaxvisError
 from jaxvis.models.feature_model import FeatureModel
@@ -63,8 +63,10 @@ def generate_atlas(
     if not wanted:
         raise JaxvisError("no layers given; name at least one layer")
     programs = {}
-    for layer in wanted:
+    for layer, units in wanted.items():
         model.check_runs(layer, size)
+        chunk = devices.chunk_size(model, layer, size, len(units), batch)
+        devices.check_fits(model, layer, size, chunk)
         programs[layer] = engine.program(model, layer, size, config, steps=steps)
     first = next(iter(programs.values())).ascent.recipe
     provenance = {**run_identity(model, first, seed=seed), "device_kind": _device_kind()}

@@ -2,9 +2,9 @@
 
 A transform is a pure ``(key, images [B, H, W, C]) -> images``. Shapes are static: the
 output shape depends only on the input shape and the transform's Python config, never on
-the key, so one compiled step serves every draw (STYLE.md, habit 6). Random choices come
-from ``jax.random`` with the given key, one draw per call shared by the B images (as
-Lucid's transforms do for a batch); the engine gives each unit its own key.
+the key, so one compiled step serves every draw instead of recompiling per shape. Random
+choices come from ``jax.random`` with the given key, one draw per call shared by the B
+images (as Lucid's transforms do for a batch); the engine gives each unit its own key.
 
 Every constructor returns a :class:`NamedTransform`, which carries a readable
 description for the atlas config (see :func:`describe`).
@@ -319,7 +319,13 @@ def compose(*transforms: Transform) -> NamedTransform:
 
 
 def standard_transforms(
-    size: int | tuple[int, int] | None = None, *, fused: bool = True
+    size: int | tuple[int, int] | None = None,
+    *,
+    fused: bool = True,
+    pad_width: int | None = None,
+    jitters: tuple[int, int] | None = None,
+    scales: Sequence[float] | None = None,
+    angles: Sequence[float] | None = None,
 ) -> NamedTransform:
     """Lucid's ``transform.standard_transforms``, then a crop back to a fixed size.
 
@@ -341,13 +347,25 @@ def standard_transforms(
     Args:
       size: output int or (height, width); ``None`` crops back to the input's size.
       fused: False applies the five transforms one after another.
+      pad_width: the padding, in pixels (``None``: Lucid's 12).
+      jitters: the two jitters' reach (``None``: Lucid's, i.e. (4, 2) here).
+      scales: the scale factors drawn from (``None``: Lucid's 0.9 to 1.1).
+      angles: the angles in degrees drawn from (``None``: Lucid's -10 to 10, 0 weighted).
+
+    Every knob appears, with its value, in the description an atlas records.
     """
+    width = LUCID_PAD if pad_width is None else _check_int("pad_width", pad_width)
+    if jitters is not None and (not isinstance(jitters, Sequence) or len(jitters) != 2):
+        raise JaxvisError(f"jitters must be two integers (first, second); got {jitters!r}")
+    reach = (4, 2) if jitters is None else tuple(_check_int("jitters", d) for d in jitters)
+    scales = LUCID_SCALES if scales is None else _check_values("scales", scales, True)
+    angles = LUCID_ANGLES if angles is None else _check_values("angles", angles)
     steps = (
-        pad(LUCID_PAD, mode="constant", value=0.5),
-        jitter(4),
-        random_scale(LUCID_SCALES),
-        random_rotate(LUCID_ANGLES),
-        jitter(2),
+        pad(width, mode="constant", value=0.5),
+        jitter(reach[0]),
+        random_scale(scales),
+        random_rotate(angles),
+        jitter(reach[1]),
     )
     chain = compose(*steps)
     hw = None if size is None else _size_hw(size)
@@ -360,7 +378,7 @@ def standard_transforms(
     def fn(key, images):
         _check_images(images, "standard_transforms")
         h, w = images.shape[1:3] if hw is None else hw
-        return _lucid_affine(key, images, h, w)
+        return _lucid_affine(key, images, h, w, width, reach, scales, angles)
 
     target = "input size" if hw is None else f"{hw[0]}x{hw[1]}"
     desc = f"standard_transforms({', '.join(describe(t) for t in steps)}, crop to {target})"
@@ -369,30 +387,32 @@ def standard_transforms(
     return NamedTransform(fn if fused else unfused, desc)
 
 
-def _lucid_affine(key: PRNGKey, images: Array, h: int, w: int) -> Array:
+def _lucid_affine(
+    key: PRNGKey, images: Array, h: int, w: int, width: int, reach, scales, angles
+) -> Array:
     """The standard chain as one resample: output pixel -> source pixel, inverted step by step.
 
-    Frame coordinates are those of the padded image (size + 2 * LUCID_PAD), whose centre
+    Frame coordinates are those of the padded image (size + 2 * width), whose centre
     the scale and rotation turn about, exactly as in the unfused chain.
     """
     k_pad, k_jit1, k_scale, k_rot, k_jit2 = jax.random.split(key, 5)
     del k_pad  # padding is deterministic; split as compose() does, for the same draws
-    big_h, big_w = images.shape[1] + 2 * LUCID_PAD, images.shape[2] + 2 * LUCID_PAD
+    big_h, big_w = images.shape[1] + 2 * width, images.shape[2] + 2 * width
     cy, cx = (big_h - 1) / 2.0, (big_w - 1) / 2.0
     y, x = jnp.meshgrid(
         jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32), indexing="ij"
     )
-    d1 = random_offsets(k_jit1, 4).astype(jnp.float32)
-    d2 = random_offsets(k_jit2, 2).astype(jnp.float32)
-    s = random_choice(k_scale, LUCID_SCALES)
-    theta = jnp.deg2rad(random_choice(k_rot, LUCID_ANGLES))
+    d1 = random_offsets(k_jit1, reach[0]).astype(jnp.float32)
+    d2 = random_offsets(k_jit2, reach[1]).astype(jnp.float32)
+    s = random_choice(k_scale, scales)
+    theta = jnp.deg2rad(random_choice(k_rot, angles))
     cos, sin = jnp.cos(theta), jnp.sin(theta)
     # crop offset, then undo jitter(2), rotate, scale, jitter(4) and the padding
     qy = y + (big_h - h) // 2 - d2[0] - cy
     qx = x + (big_w - w) // 2 - d2[1] - cx
     ry, rx = qy * cos + qx * sin, qx * cos - qy * sin
-    src_y = cy + ry / s - d1[0] - LUCID_PAD
-    src_x = cx + rx / s - d1[1] - LUCID_PAD
+    src_y = cy + ry / s - d1[0] - width
+    src_x = cx + rx / s - d1[1] - width
     return _resample(images, src_y, src_x, "constant", 0.5)
 
 

@@ -1,8 +1,14 @@
 """Shared fixtures. Keras must pick its JAX backend before anything imports it."""
 
 import os
+import tempfile
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
+# JAX's persistent compilation cache, fresh for each test session: the CLI tests start
+# many processes that compile the same programs, and only the first needs to.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="jaxvis-test-xla-"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
 import pytest  # noqa: E402
 

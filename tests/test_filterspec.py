@@ -51,7 +51,7 @@ def test_random_is_pinned():
         ("64", "out of range"),
         ("a", "'a' is not a non-negative integer"),
         ("1.5", "not a non-negative integer"),
-        ("-3", "not a non-negative integer"),
+        ("-3", "'-3' is negative; filters are 0 to"),
         ("random:0", "K must be 1 to 64"),
         ("random:65", "K must be 1 to 64"),
         ("random:x", "not a non-negative integer"),

@@ -35,6 +35,18 @@ def unfused(size):
     return transforms.standard_transforms(fused=False)
 
 
+def wider_jitter(size):
+    return transforms.standard_transforms(jitters=(8, 2))
+
+
+def narrower_scales(size):
+    return transforms.standard_transforms(scales=(0.95, 1.0, 1.05))
+
+
+def no_rotation(size):
+    return transforms.standard_transforms(angles=(0.0,))
+
+
 def other_scales(size):
     return transforms.compose(
         transforms.pad(12), transforms.jitter(4), transforms.random_scale([0.9, 1.1])
@@ -83,6 +95,9 @@ LUCID_KNOBS = [
         "config.optimizer",
     ),
     ("fused transforms", {"preset": lucid_with(transforms=unfused)}, "config.transforms"),
+    ("jitter", {"preset": lucid_with(transforms=wider_jitter)}, "config.transforms"),
+    ("scale set", {"preset": lucid_with(transforms=narrower_scales)}, "config.transforms"),
+    ("angles", {"preset": lucid_with(transforms=no_rotation)}, "config.transforms"),
     (
         "param",
         {"preset": lucid_with(param=lambda s: jparam.fft_image(s, decorrelate=False))},

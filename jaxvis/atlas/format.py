@@ -83,4 +83,6 @@ WEIGHTS_IDENTITY_KEYS = ("source", "sha256", "preprocessing", "trained", "seed")
 
 # Suffixes of the snapshot being written and of the writer's lock, next to the atlas.
 TMP_SUFFIX = ".tmp"
+# Suffix of an atlas being rebuilt by an overwrite, beside the old one until it is done.
+NEW_SUFFIX = ".new"
 LOCK_SUFFIX = ".lock"

@@ -15,9 +15,10 @@ The price is one copy of the file per change, O(file size); docs/atlas-format.md
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import h5py
 
@@ -30,24 +31,81 @@ except ImportError:  # Windows: no advisory locks; one writer per atlas is then 
     fcntl = None
 
 
+# Headroom a snapshot asks for beyond the old file and the new rows: HDF5's metadata,
+# B-tree nodes and chunk padding (a few hundred KB at most for the atlas layout).
+_HEADROOM_BYTES = 256 * 1024
+
+
 @contextlib.contextmanager
-def snapshot(path: str, *, fresh: bool = False) -> Iterator[h5py.File]:
+def snapshot(
+    path: str,
+    *,
+    fresh: bool = False,
+    new_bytes: int = 0,
+    verify: Callable[[h5py.File], None] | None = None,
+) -> Iterator[h5py.File]:
     """Yields a writable copy of ``path`` (a new file if ``fresh``); on a clean exit the
-    copy atomically replaces ``path``, on an exception it is deleted."""
+    copy atomically replaces ``path``, on an exception it is deleted.
+
+    A write error anywhere (data, metadata, flush, close, fsync, rename) aborts the
+    commit: the live file stays as it was, the copy is removed, and the error is one
+    line. HDF5 reports some write errors only when a file is closed, and then only as a
+    warning, so the copy is also checked for room beforehand (``new_bytes``: the data
+    about to be added) and, after closing, reopened and passed to ``verify``, which
+    raises if the rows read back are not the rows written.
+    """
     tmp = path + fmt.TMP_SUFFIX
+    directory = os.path.dirname(os.path.abspath(path))
     try:
+        _check_room(directory, (0 if fresh else os.path.getsize(path)) + new_bytes)
         if not fresh:
             shutil.copyfile(path, tmp)
-        with h5py.File(tmp, "w" if fresh else "r+", track_order=True) as f:
+        f = h5py.File(tmp, "w" if fresh else "r+", track_order=True, rdcc_nbytes=0)
+        try:
             yield f
+            f.flush()
+        finally:
+            f.close()
+        if verify is not None:
+            with h5py.File(tmp, "r") as check:
+                verify(check)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-        fsync_dir(os.path.dirname(os.path.abspath(path)))
-    except BaseException:
+        fsync_dir(directory)
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.remove(tmp)
+        if isinstance(e, (OSError, RuntimeError)) and not isinstance(e, JaxvisError):
+            raise _write_error(path, directory, e) from None
         raise
+
+
+def _check_room(directory: str, need: int) -> None:
+    free = shutil.disk_usage(directory).free
+    if free < need + _HEADROOM_BYTES:
+        raise JaxvisError(
+            f"no space left on {directory}: the next snapshot needs about "
+            f"{_mb(need + _HEADROOM_BYTES)}, {_mb(free)} is free; free space and re-run to "
+            "resume (the atlas holds every chunk finished so far)"
+        )
+
+
+def _write_error(path: str, directory: str, e: BaseException) -> JaxvisError:
+    text = str(e)
+    if getattr(e, "errno", None) == errno.ENOSPC or "No space left" in text or "errno = 28" in text:
+        return JaxvisError(
+            f"no space left on {directory} while writing {path}; free space and re-run to "
+            "resume (the atlas holds every chunk finished so far)"
+        )
+    reason = getattr(e, "strerror", None) or (text.splitlines() or [type(e).__name__])[0]
+    return JaxvisError(
+        f"could not write {path}: {reason}; the atlas is unchanged, re-run to resume"
+    )
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.2f} MiB"
 
 
 def remove_stale(path: str) -> None:

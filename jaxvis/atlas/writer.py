@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import datetime
+import functools
 import json
 import os
 import weakref
@@ -20,7 +21,13 @@ import numpy as np
 from jaxvis.atlas import format as fmt
 from jaxvis.atlas.identity import check_same_run, normalized_provenance
 from jaxvis.atlas.reader import check_atlas_file
-from jaxvis.atlas.snapshot import acquire_lock, release_lock, remove_stale, snapshot
+from jaxvis.atlas.snapshot import (
+    acquire_lock,
+    fsync_dir,
+    release_lock,
+    remove_stale,
+    snapshot,
+)
 from jaxvis.chunk import Chunk
 from jaxvis.errors import JaxvisError
 
@@ -33,14 +40,22 @@ class AtlasWriter:
       provenance: ``{"model": str, "weights": WeightsInfo.to_dict(), "config": dict,
         "device_kind": str}``. An existing atlas is resumed only if model, weights and
         config (less :data:`format.RUN_ONLY_CONFIG_KEYS`) match.
-      overwrite: start a jaxvis atlas over instead of resuming it. A file that is not a
-        jaxvis atlas is never touched, overwrite or not.
+      overwrite: build a new atlas instead of resuming this one. It is built beside the
+        old one, in ``<atlas>.new``, and replaces it only at a clean exit of the ``with``
+        block (or :meth:`finish`); until then the old atlas stays whole and readable, and
+        a crashed overwrite resumes its ``.new`` when run again with ``overwrite``. A file
+        that is not a jaxvis atlas is never touched, overwrite or not.
+
+    A symlink as ``path`` is resolved once: the lock, the snapshots and the rename all act
+    on the real file, which stays where the link points.
 
     Use it as a context manager, or call :meth:`close`, to release the writer's lock.
     """
 
     def __init__(self, path: str | os.PathLike, *, provenance: Mapping, overwrite: bool = False):
-        self.path = os.fspath(path)
+        _check_target(os.fspath(path))
+        self.live = os.path.realpath(os.fspath(path))
+        self.path = self.live  # the file being written; <live>.new while overwriting
         self._provenance = normalized_provenance(provenance)
         self._done: dict[str, set[int]] = {}
         self._requested: dict[str, set[int]] = {}
@@ -48,10 +63,9 @@ class AtlasWriter:
         self._num_filters: dict[str, int] = {}
         self._objectives: dict[str, str] = {}
         self._new_device = False
-        _check_target(self.path)
-        self._lock = acquire_lock(self.path)
+        self._lock = acquire_lock(self.live)
         # Released at close(), or when the writer is collected or the interpreter exits.
-        self._release = weakref.finalize(self, release_lock, self._lock, self.path)
+        self._release = weakref.finalize(self, release_lock, self._lock, self.live)
         try:
             self._open(overwrite)
         except BaseException:
@@ -59,14 +73,33 @@ class AtlasWriter:
             raise
 
     def _open(self, overwrite: bool) -> None:
-        exists = os.path.exists(self.path)
+        exists = os.path.exists(self.live)
         if exists:
-            check_atlas_file(self.path)  # refuses foreign files before anything is touched
-        remove_stale(self.path)
+            check_atlas_file(self.live)  # refuses foreign files before anything is touched
+        remove_stale(self.live)
+        if exists and overwrite:
+            self.path = self.live + fmt.NEW_SUFFIX
+            remove_stale(self.path)
+            if os.path.exists(self.path) and self._resumable(self.path):
+                self._resume()
+                return
         if not exists or overwrite:
             with snapshot(self.path, fresh=True) as f:
                 _write_root(f, self._provenance)
             return
+        self._resume()
+
+    def _resumable(self, path: str) -> bool:
+        """Whether an interrupted overwrite at ``path`` is one of this same run."""
+        try:
+            check_atlas_file(path)
+            with h5py.File(path, "r") as f:
+                check_same_run(path, f.attrs, self._provenance)
+        except JaxvisError:
+            return False
+        return True
+
+    def _resume(self) -> None:
         with h5py.File(self.path, "r") as f:
             version = int(f.attrs[fmt.ATTR_VERSION])
             if version < fmt.FORMAT_VERSION:
@@ -182,7 +215,10 @@ class AtlasWriter:
         )
         if not len(filters) and not failed:
             return
-        with snapshot(self.path) as f:
+        rows = (filters, images, objective, history)
+        size = sum(a.nbytes for a in rows) + sum(len(m) + 16 for m in failed.values())
+        verify = functools.partial(_verify_rows, layer=layer, rows=rows)
+        with snapshot(self.path, new_bytes=size, verify=verify) as f:
             group = _layer_group(f, layer, num_filters)
             _ensure_data(group, images.shape[1], history.shape[1])
             _append(group, fmt.IMAGES, images)
@@ -205,18 +241,33 @@ class AtlasWriter:
         if not self._release.alive:
             raise JaxvisError(f"the AtlasWriter of {self.path} is closed; open a new one")
 
+    def finish(self) -> None:
+        """Makes an overwrite live: the new atlas replaces the old one, atomically."""
+        self._check_open()
+        if self.path != self.live:
+            os.replace(self.path, self.live)
+            fsync_dir(os.path.dirname(self.live))
+            self.path = self.live
+
     def close(self) -> None:
-        """Releases the lock that keeps a second writer off this atlas."""
+        """Releases the lock that keeps a second writer off this atlas. An unfinished
+        overwrite stays in ``<atlas>.new``, and the old atlas stays as it was."""
         self._release()
 
     def __enter__(self) -> AtlasWriter:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        try:
+            if exc_type is None and self._release.alive:
+                self.finish()
+        finally:
+            self.close()
 
 
 def _check_target(path: str) -> None:
+    if not path:
+        raise JaxvisError("the atlas path is empty; give a file path like out.h5")
     if os.path.isdir(path):
         raise JaxvisError(f"{path} is a directory; the atlas must be a file path like out.h5")
     parent = os.path.dirname(os.path.abspath(path))
@@ -290,6 +341,22 @@ def _ensure_data(group: h5py.Group, size: int, steps: int) -> None:
         (fmt.FAILED_MESSAGES, h5py.string_dtype()),
     ]:
         group.create_dataset(name, (0,), dtype, maxshape=(None,), chunks=(1024,))
+
+
+def _verify_rows(f: h5py.File, *, layer: str, rows: tuple[np.ndarray, ...]) -> None:
+    """Reads back the rows a chunk just appended; raises if any differs from what was
+    written (a write error HDF5 reported only as a warning at close)."""
+    n = len(rows[0])
+    if not n:
+        return
+    group = f[layer]
+    for name, want in zip((fmt.FILTERS, fmt.IMAGES, fmt.OBJECTIVE, fmt.HISTORY), rows, strict=True):
+        got = group[name][-n:]
+        if got.shape != want.shape or not np.array_equal(got, want, equal_nan=True):
+            raise JaxvisError(
+                f"the rows just written to {layer}/{name} read back differently (a failed "
+                "write); the atlas is unchanged, check the disk and re-run to resume"
+            )
 
 
 def _append(group: h5py.Group, name: str, rows: np.ndarray) -> None:
