@@ -52,9 +52,26 @@ def cmd_layers(args: argparse.Namespace) -> None:
         print(f"{la.name:<{width}}  {la.kind:<7}  {la.num_filters:>7}")
 
 
+def _use_compile_cache(enabled: bool) -> None:
+    """JAX's persistent compilation cache, so that a repeat or resumed run loads its
+    programs instead of compiling them again. ``JAX_COMPILATION_CACHE_DIR`` wins if set;
+    otherwise the cache is ``$XDG_CACHE_HOME/jaxvis/xla`` (``~/.cache/jaxvis/xla``)."""
+    import jax
+
+    if not enabled:
+        jax.config.update("jax_enable_compilation_cache", False)
+        return
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return
+    home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    jax.config.update("jax_compilation_cache_dir", os.path.join(home, "jaxvis", "xla"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
 def cmd_atlas(args: argparse.Namespace) -> None:
     import jax.numpy as jnp
 
+    _use_compile_cache(not args.no_compile_cache)
     from jaxvis.filterspec import select
     from jaxvis.models import vgg16
     from jaxvis.scheduler import generate_atlas
@@ -127,6 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--no-compile-cache",
+        action="store_true",
+        help="do not keep compiled programs in ~/.cache/jaxvis/xla for later runs",
+    )
     p.set_defaults(func=cmd_atlas)
 
     p = sub.add_parser("export", help="write an atlas's pictures as jpg/png files")

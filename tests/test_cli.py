@@ -286,3 +286,20 @@ def test_atlas_dtype_flag_reaches_the_model_and_the_config(tmp_path, capsys):
         assert list(atlas["block1_conv1"].filters) == [0]
     with pytest.raises(SystemExit):  # argparse: exit 2 with a usage line
         cli.main(["atlas", *tiny, "--dtype", "float16", "--out", out])
+
+
+def test_atlas_keeps_compiled_programs_in_the_user_cache(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_PERSISTENT_CACHE")}
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
+    args = [*JAXVIS, "atlas", *TINY, "--preset", "keras-vis", "--no-progress"]
+    run = subprocess.run([*args, "--out", str(tmp_path / "a.h5")], env=env, capture_output=True)
+    assert run.returncode == 0, run.stderr
+    assert os.listdir(tmp_path / "cache" / "jaxvis" / "xla")  # programs kept for next time
+    off = subprocess.run(
+        [*args, "--no-compile-cache", "--out", str(tmp_path / "b.h5")],
+        env={**env, "XDG_CACHE_HOME": str(tmp_path / "other")},
+        capture_output=True,
+    )
+    assert off.returncode == 0, off.stderr
+    assert not os.path.exists(tmp_path / "other" / "jaxvis")
