@@ -97,7 +97,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     from jaxvis.export import export_atlas
 
     written = export_atlas(
-        args.atlas, args.out, fmt=args.format, layers=args.layers, grid=args.grid
+        args.atlas, args.out, fmt=args.format, layers=args.layers, grid=args.grid, force=args.force
     )
     print(f"wrote {len(written)} files to {args.out}")
 
@@ -157,6 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="jpg", choices=["jpg", "png"])
     p.add_argument("--layers", default=None, help="L1,L2 (default: all in the atlas)")
     p.add_argument("--grid", action="store_true", help="also a labelled sheet per layer")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace files of the same names in OUT (default: refuse, before writing anything)",
+    )
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("info", help="show an atlas's provenance and progress")

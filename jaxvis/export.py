@@ -4,7 +4,8 @@ File names follow the keras-vis filter-visualization blog post (MachineCurve, 20
 "What do ConvNets see?"): ``os.path.join(folder, layer_nm + '_' + str(filter_id) +
 '.jpg')``, i.e. ``block1_conv1_2.jpg``, no zero padding. Contact sheets are
 ``<layer>_grid.<fmt>``. Every file is written to a temporary name in the same directory
-and renamed into place, so an error or a kill never leaves a half-written picture.
+and renamed into place, so an error or a kill never leaves a half-written picture; files
+of the same names are replaced only when asked (``force``), and all are checked first.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from jaxvis.atlas.names import printable
 from jaxvis.atlas.reader import LayerView, open_atlas
 from jaxvis.errors import JaxvisError, choices
 
@@ -35,6 +37,7 @@ def export_atlas(
     fmt: str = "jpg",
     layers: Sequence[str] | str | None = None,
     grid: bool = False,
+    force: bool = False,
 ) -> list[str]:
     """Writes ``out_dir/<layer>_<filter>.<fmt>`` for every image of the chosen layers.
 
@@ -44,28 +47,71 @@ def export_atlas(
       fmt: ``"jpg"`` or ``"png"``.
       layers: layer names (or a comma-separated string); all layers of the atlas if None.
       grid: also write a labelled contact sheet ``<layer>_grid.<fmt>`` per layer.
+      force: replace files of the same names. Without it an existing file is refused
+        before anything is written, so an export never half-replaces an earlier one.
 
     Returns:
-      The paths written, in order.
+      The paths written, in order. Each file gets the mode any new file gets under the
+      process's umask (0644 under the usual 022), not the private mode of a temp file.
     """
+    fmt = _format(fmt)
+    out_dir = os.fspath(out_dir)
+    with open_atlas(path) as atlas:
+        plan = _plan(atlas, _chosen_layers(atlas, layers), out_dir, fmt, grid)
+        if not force:
+            _refuse_existing(plan)
+        _make_dir(out_dir)
+        mode = _file_mode()
+        written = []
+        for dest, name, row in plan:
+            view = atlas[name]
+            if row is None:
+                picture = contact_sheet(view)
+            else:  # one row at a time: an export never holds more than one picture
+                picture = Image.fromarray(np.asarray(view.images[row]))
+            written.append(_save(picture, dest, fmt, mode))
+    return written
+
+
+def _format(fmt: str) -> str:
     fmt = fmt.lower().removeprefix(".")
     fmt = "jpg" if fmt == "jpeg" else fmt
     if fmt not in FORMATS:
         raise JaxvisError(f"unknown image format {fmt!r}; valid formats: {choices(FORMATS)}")
-    out_dir = os.fspath(out_dir)
-    written: list[str] = []
-    with open_atlas(path) as atlas:
-        names = _chosen_layers(atlas, layers)
-        _make_dir(out_dir)
-        for name in names:
-            view = atlas[name]
-            for row, unit in enumerate(view.filters.tolist()):
-                picture = Image.fromarray(np.asarray(view.images[row]))
-                written.append(_save(picture, os.path.join(out_dir, f"{name}_{unit}.{fmt}"), fmt))
-            if grid and len(view):
-                sheet = contact_sheet(view)
-                written.append(_save(sheet, os.path.join(out_dir, f"{name}_grid.{fmt}"), fmt))
-    return written
+    return fmt
+
+
+def _plan(atlas, names: list[str], out_dir: str, fmt: str, grid: bool) -> list[tuple]:
+    """``(dest, layer, row)`` for every file to write; ``row`` is None for a sheet."""
+    plan = []
+    for name in names:
+        view = atlas[name]
+        for row, unit in enumerate(view.filters.tolist()):
+            plan.append((os.path.join(out_dir, f"{name}_{unit}.{fmt}"), name, row))
+        if grid and len(view):
+            plan.append((os.path.join(out_dir, f"{name}_grid.{fmt}"), name, None))
+    return plan
+
+
+def _refuse_existing(plan: list[tuple]) -> None:
+    # lexists: a symlink of the same name counts too (the rename would replace it).
+    existing = next((dest for dest, *_ in plan if os.path.lexists(dest)), None)
+    if existing is not None:
+        raise JaxvisError(
+            f"{printable(existing)} already exists; pass --force (force=True) to replace "
+            "existing files"
+        )
+
+
+def _file_mode() -> int:
+    """The mode a new file gets under the current umask, e.g. 0o644 under 0o022.
+
+    os.umask can only be read by setting it, so it is set and put back at once, here
+    and only here (once per export).
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _chosen_layers(atlas, layers: Sequence[str] | str | None) -> list[str]:
@@ -87,8 +133,9 @@ def _make_dir(out_dir: str) -> None:
         raise JaxvisError(f"output directory {out_dir} is not writable")
 
 
-def _save(picture: Image.Image, dest: str, fmt: str) -> str:
-    """Saves atomically: a temporary file in the same directory, then a rename."""
+def _save(picture: Image.Image, dest: str, fmt: str, mode: int) -> str:
+    """Saves atomically: a temporary file in the same directory, given ``mode`` (mkstemp
+    makes it 0600), then a rename."""
     directory, name = os.path.split(dest)
     options = {"quality": JPEG_QUALITY} if fmt == "jpg" else {}
     tmp = None
@@ -96,12 +143,13 @@ def _save(picture: Image.Image, dest: str, fmt: str) -> str:
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=directory or ".")
         with os.fdopen(fd, "wb") as fh:
             picture.save(fh, format=FORMATS[fmt], **options)
+        os.chmod(tmp, mode)
         os.replace(tmp, dest)
     except OSError as e:
         if tmp is not None:
             with contextlib.suppress(OSError):
                 os.remove(tmp)
-        raise JaxvisError(f"cannot write {dest}: {e.strerror or e}") from None
+        raise JaxvisError(f"cannot write {printable(dest)}: {e.strerror or e}") from None
     return dest
 
 

@@ -1,8 +1,9 @@
-"""Export: keras-vis blog file names, contact sheets, sizes, atomic writes, errors."""
+"""Export: keras-vis blog file names, contact sheets, sizes, atomic writes, modes, errors."""
 
 from __future__ import annotations
 
 import os
+import stat
 
 import numpy as np
 import pytest
@@ -141,3 +142,35 @@ def test_unwritable_out_dir_and_no_partial_files(atlas_path, tmp_path, monkeypat
     with pytest.raises(JaxvisError, match="No space left on device"):
         export_atlas(atlas_path, tmp_path / "out")
     assert sorted(os.listdir(tmp_path / "out")) == ["block1_conv1_0.jpg", "block1_conv1_2.jpg"]
+
+
+@pytest.mark.parametrize(
+    "umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)], ids=["022", "077", "002"]
+)
+def test_files_get_the_mode_the_umask_gives(atlas_path, tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        written = export_atlas(atlas_path, tmp_path / "out", grid=True)
+    finally:
+        os.umask(old)
+    assert {stat.S_IMODE(os.stat(p).st_mode) for p in written} == {mode}
+
+
+@pytest.mark.parametrize(
+    "existing", ["block1_conv1_0.jpg", "block2_conv1_7.jpg", "block1_conv1_grid.jpg"]
+)
+def test_existing_files_refused_before_any_write_unless_force(atlas_path, tmp_path, existing):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / existing).write_bytes(b"keep")
+    os.chmod(out / existing, 0o444)
+    with pytest.raises(JaxvisError, match="already exists; pass --force") as err:
+        export_atlas(atlas_path, out, grid=True)
+    assert str(err.value).startswith(str(out / existing)) and "\n" not in str(err.value)
+    assert os.listdir(out) == [existing] and (out / existing).read_bytes() == b"keep"
+
+    written = export_atlas(atlas_path, out, grid=True, force=True)
+    assert str(out / existing) in written
+    assert sorted(os.listdir(out)) == sorted(os.path.basename(p) for p in written)
+    with Image.open(out / existing) as im:
+        assert im.format == "JPEG"

@@ -5,7 +5,7 @@ the documentation (``docs/atlas-format.md``) agree on one spelling.
 
 Layout (version 2)::
 
-    /                        attrs: format="jaxvis-atlas", format_version=1,
+    /                        attrs: format="jaxvis-atlas", format_version=2,
                                     jaxvis_version, created (ISO 8601, UTC), model,
                                     weights_source, weights_sha256, weights_trained,
                                     preprocessing, weights (JSON), config (JSON),

@@ -3,6 +3,11 @@
 Analysis code and ``jaxvis info``/``export`` read atlases on machines without an
 accelerator; importing jax there would cost seconds and a device probe for nothing.
 
+An atlas is checked before any of its data is read (jaxvis/atlas/validate.py): a file
+with links out of itself, or with shapes, dtypes or sizes the writer never writes, is
+refused in one line, so a hostile or damaged file cannot redirect a write, exhaust memory
+or raise a traceback. Names are printed escaped (jaxvis/atlas/names.py).
+
 Example::
 
     from jaxvis.atlas import open_atlas
@@ -23,6 +28,8 @@ import h5py
 import numpy as np
 
 from jaxvis.atlas import format as fmt
+from jaxvis.atlas.names import printable
+from jaxvis.atlas.validate import check_atlas, read_provenance
 from jaxvis.errors import JaxvisError, choices
 
 
@@ -44,34 +51,21 @@ def _open_h5(path: str) -> h5py.File:
         raise JaxvisError(f"cannot open {path} as HDF5: {str(e).splitlines()[0]}") from None
 
 
-def _check_format(path: str, f: h5py.File) -> None:
-    name = f.attrs.get(fmt.ATTR_FORMAT)
-    if name != fmt.FORMAT_NAME:
-        raise JaxvisError(
-            f"{path} is not a jaxvis atlas (an HDF5 file without "
-            f"format={fmt.FORMAT_NAME!r}); jaxvis will not read or change it"
-        )
-    version = int(f.attrs.get(fmt.ATTR_VERSION, -1))
-    if version > fmt.FORMAT_VERSION or version < 1:
-        raise JaxvisError(
-            f"{path} has atlas format_version {version}; this jaxvis reads "
-            f"versions 1 to {fmt.FORMAT_VERSION}; upgrade jaxvis"
-        )
-
-
 def check_atlas_file(path: str | os.PathLike) -> None:
-    """Raises a one-line JaxvisError unless ``path`` is a jaxvis atlas this version reads."""
+    """Raises a one-line JaxvisError unless ``path`` is an atlas this version reads safely
+    (jaxvis/atlas/validate.py): the writer calls it before it touches an existing file."""
     path = os.fspath(path)
     with _open_h5(path) as f:
-        _check_format(path, f)
+        check_atlas(path, f)
 
 
 def open_atlas(path: str | os.PathLike) -> Atlas:
-    """Opens an atlas for reading; use it as a context manager to close the file."""
+    """Opens an atlas for reading, once it is checked (jaxvis/atlas/validate.py); use it
+    as a context manager to close the file."""
     path = os.fspath(path)
     f = _open_h5(path)
     try:
-        _check_format(path, f)
+        check_atlas(path, f)
     except BaseException:
         f.close()
         raise
@@ -89,18 +83,7 @@ class Atlas:
     @functools.cached_property
     def provenance(self) -> dict:
         """Format, versions, creation time, model, weights, config and device(s)."""
-        a = self._file.attrs
-        return {
-            "format": str(a[fmt.ATTR_FORMAT]),
-            "format_version": int(a[fmt.ATTR_VERSION]),
-            "jaxvis_version": str(a.get(fmt.ATTR_JAXVIS_VERSION, "")),
-            "created": str(a.get(fmt.ATTR_CREATED, "")),
-            "model": str(a.get(fmt.ATTR_MODEL, "")),
-            "weights": json.loads(a.get(fmt.ATTR_WEIGHTS, "{}")),
-            "config": json.loads(a.get(fmt.ATTR_CONFIG, "{}")),
-            "device_kind": str(a.get(fmt.ATTR_DEVICE_KIND, "")),
-            "device_kinds": json.loads(a.get(fmt.ATTR_DEVICE_KINDS, "[]")),
-        }
+        return read_provenance(self.path, self._file.attrs)
 
     @property
     def config(self) -> dict:
@@ -109,9 +92,10 @@ class Atlas:
 
     def __getitem__(self, layer: str) -> LayerView:
         if layer not in self.layers:
+            shown = [printable(name) for name in self.layers]
             raise JaxvisError(
                 f"layer {layer!r} is not in {self.path}; layers in it: "
-                f"{choices(self.layers) or '(none yet)'}"
+                f"{choices(shown) or '(none yet)'}"
             )
         return LayerView(layer, self._file[layer])
 
@@ -134,7 +118,8 @@ class Atlas:
         self.close()
 
     def summary(self) -> str:
-        """Provenance and per-layer progress as text (what ``jaxvis info`` prints)."""
+        """Provenance and per-layer progress as text (what ``jaxvis info`` prints), with
+        every character that is not printable escaped (jaxvis/atlas/names.py)."""
         p = self.provenance
         w, c = p["weights"], p["config"]
         trained = "trained" if w.get("trained", True) else "UNTRAINED"
@@ -150,8 +135,8 @@ class Atlas:
             f"device   {', '.join(p['device_kinds']) or p['device_kind']}",
         ]
         if not self.layers:
-            return "\n".join([*lines, "layers   (none yet)"])
-        width = max(12, *(len(name) for name in self.layers))
+            return "\n".join(printable(line) for line in [*lines, "layers   (none yet)"])
+        width = max(12, *(len(printable(name)) for name in self.layers))
         lines.append(
             f"{'layer':<{width}}  {'done':>9}  {'failed':>6}  {'in layer':>8}  "
             f"{'size':>4}  {'seconds':>8}"
@@ -159,11 +144,11 @@ class Atlas:
         for name in self.layers:
             v = self[name]
             lines.append(
-                f"{name:<{width}}  {f'{len(v) + len(v.failed)}/{v.num_requested}':>9}  "
+                f"{printable(name):<{width}}  {f'{len(v) + len(v.failed)}/{v.num_requested}':>9}  "
                 f"{len(v.failed):>6}  {v.num_filters_in_layer:>8}  "
                 f"{v.image_size or '-':>4}  {v.seconds.sum():>8.1f}"
             )
-        return "\n".join(lines)
+        return "\n".join(printable(line) for line in lines)
 
 
 def _flat(value: object) -> str:
@@ -206,11 +191,12 @@ class LayerView:
 
     @functools.cached_property
     def failed(self) -> dict[int, str]:
-        """``{filter: message}`` for filters that failed and have no image."""
+        """``{filter: message}`` for filters that failed and have no image. Bytes that are
+        not UTF-8 read as backslash escapes rather than failing the whole layer."""
         keys = self._array(fmt.FAILED_FILTERS, np.int32)
         msgs = self._array(fmt.FAILED_MESSAGES, object)
         return {
-            int(k): m.decode() if isinstance(m, bytes) else str(m)
+            int(k): m.decode("utf-8", "backslashreplace") if isinstance(m, bytes) else str(m)
             for k, m in zip(keys, msgs, strict=True)
         }
 
@@ -255,10 +241,11 @@ class LayerView:
         rows = np.flatnonzero(self.filters == filter)
         if len(rows):
             return int(rows[0])
+        name = printable(self.name)
         if filter in self.failed:
-            raise JaxvisError(f"filter {filter} of {self.name} failed: {self.failed[filter]}")
+            raise JaxvisError(f"filter {filter} of {name} failed: {printable(self.failed[filter])}")
         raise JaxvisError(
-            f"filter {filter} of {self.name} is not in the atlas; it holds "
+            f"filter {filter} of {name} is not in the atlas; it holds "
             f"{len(self)} filters: {choices(sorted(self.filters.tolist()), 20)}"
         )
 
