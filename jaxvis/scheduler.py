@@ -77,7 +77,9 @@ def generate_atlas(
             objectives={la: p.ascent.recipe.objective.description for la, p in programs.items()},
         )
         todo = {la: _not_done(units, writer.done(la)) for la, units in wanted.items()}
-        costs = {la: programs[la].step_flops(model.params) for la, u in todo.items() if len(u)}
+        # ETA weights: one lowering per layer (no compile), so only when progress is shown.
+        shown = [la for la, units in todo.items() if len(units)] if progress else []
+        costs = {la: programs[la].step_flops(model.params) for la in shown}
         with Progress({la: len(u) for la, u in todo.items()}, enabled=progress, costs=costs) as bar:
             for layer, units in todo.items():
                 bar.start_layer(layer)

@@ -114,3 +114,22 @@ def test_layer_kind_is_checked():
     with pytest.raises(JaxvisError, match="positive integer num_filters"):
         LayerInfo("x", "conv", 0)
     assert LayerInfo("x", "conv", 8).filters == 8  # the 0.1 name still reads
+
+
+def test_atlas_progress_weighs_layers_by_their_xla_cost(tiny, tmp_path, monkeypatch):
+    from jaxvis import scheduler
+
+    seen = {}
+
+    class Recording(scheduler.Progress):
+        def __init__(self, layers, **kw):
+            seen.update(kw.get("costs") or {})
+            super().__init__(layers, **kw)
+
+    monkeypatch.setattr(scheduler, "Progress", Recording)
+    out = tmp_path / "a.h5"
+    layers = {"c1": [0], "c2": [0, 1]}
+    scheduler.generate_atlas(tiny, str(out), layers, size=SIZE, steps=2, progress=True)
+    prog = {la: engine.program(tiny, la, SIZE, presets.get("lucid"), steps=2) for la in layers}
+    assert seen == {la: p.step_flops(tiny.params) for la, p in prog.items()}
+    assert seen["c2"] > seen["c1"] > 0
