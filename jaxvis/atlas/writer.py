@@ -7,7 +7,6 @@ moment loses at most the chunk in flight and a resume never sees half a filter.
 
 from __future__ import annotations
 
-import collections
 import datetime
 import functools
 import json
@@ -18,6 +17,7 @@ from collections.abc import Mapping, Sequence
 import h5py
 import numpy as np
 
+from jaxvis.atlas import chunk_checks
 from jaxvis.atlas import format as fmt
 from jaxvis.atlas.identity import check_same_run, normalized_provenance
 from jaxvis.atlas.reader import check_atlas_file
@@ -173,7 +173,7 @@ class AtlasWriter:
             return
         self._check_open()
         for layer, units in new.items():
-            _check_units(layer, units, num_filters[layer])
+            chunk_checks.check_units(layer, units, num_filters[layer])
         with snapshot(self.path) as f:
             for layer in new.keys() | unset.keys():
                 group = _layer_group(f, layer, num_filters[layer])
@@ -206,7 +206,7 @@ class AtlasWriter:
         if num_filters is None:
             raise JaxvisError(f"layer {layer!r} was never requested; pass num_filters_in_layer")
         failed = dict(chunk.failed)
-        filters, images, objective, history = _check_chunk(
+        filters, images, objective, history = chunk_checks.check_chunk(
             layer,
             chunk,
             num_filters,
@@ -217,7 +217,7 @@ class AtlasWriter:
             return
         rows = (filters, images, objective, history)
         size = sum(a.nbytes for a in rows) + sum(len(m) + 16 for m in failed.values())
-        verify = functools.partial(_verify_rows, layer=layer, rows=rows)
+        verify = functools.partial(chunk_checks.verify_rows, layer=layer, rows=rows)
         with snapshot(self.path, new_bytes=size, verify=verify) as f:
             group = _layer_group(f, layer, num_filters)
             _ensure_data(group, images.shape[1], history.shape[1])
@@ -343,22 +343,6 @@ def _ensure_data(group: h5py.Group, size: int, steps: int) -> None:
         group.create_dataset(name, (0,), dtype, maxshape=(None,), chunks=(1024,))
 
 
-def _verify_rows(f: h5py.File, *, layer: str, rows: tuple[np.ndarray, ...]) -> None:
-    """Reads back the rows a chunk just appended; raises if any differs from what was
-    written (a write error HDF5 reported only as a warning at close)."""
-    n = len(rows[0])
-    if not n:
-        return
-    group = f[layer]
-    for name, want in zip((fmt.FILTERS, fmt.IMAGES, fmt.OBJECTIVE, fmt.HISTORY), rows, strict=True):
-        got = group[name][-n:]
-        if got.shape != want.shape or not np.array_equal(got, want, equal_nan=True):
-            raise JaxvisError(
-                f"the rows just written to {layer}/{name} read back differently (a failed "
-                "write); the atlas is unchanged, check the disk and re-run to resume"
-            )
-
-
 def _append(group: h5py.Group, name: str, rows: np.ndarray) -> None:
     if not len(rows):
         return
@@ -366,50 +350,3 @@ def _append(group: h5py.Group, name: str, rows: np.ndarray) -> None:
     start = dset.shape[0]
     dset.resize(start + len(rows), axis=0)
     dset[start:] = rows
-
-
-def _check_chunk(layer: str, chunk: Chunk, num_filters: int, done: set[int], known):
-    """Validates one chunk; returns the arrays in their stored dtypes."""
-    failed = chunk.failed
-    filters = np.asarray(chunk.filters, np.int64).reshape(-1)
-    images = np.asarray(chunk.images)
-    n = len(filters)
-    if (
-        images.dtype != np.uint8
-        or images.ndim != 4
-        or images.shape[0] != n
-        or images.shape[3] != 3
-        or images.shape[1] != images.shape[2]
-    ):
-        raise JaxvisError(
-            f"images must be uint8 [{n}, H, H, 3]; got {images.dtype} {list(images.shape)}"
-        )
-    objective = np.asarray(chunk.objective, np.float32).reshape(-1)
-    history = np.asarray(chunk.history, np.float32)
-    if objective.shape != (n,) or history.ndim != 2 or history.shape[0] != n:
-        raise JaxvisError(
-            f"objective must be [{n}] and history [{n}, steps]; got "
-            f"{list(objective.shape)} and {list(history.shape)}"
-        )
-    everything = [*filters.tolist(), *failed]
-    _check_units(layer, everything, num_filters)
-    counts = collections.Counter(everything)
-    again = sorted(set(everything) & done) or sorted(i for i, c in counts.items() if c > 1)
-    if again:
-        raise JaxvisError(f"filters {again} of layer {layer!r} are already written")
-    if known is not None and known != (num_filters, images.shape[1], history.shape[1]):
-        raise JaxvisError(
-            f"layer {layer!r} holds (filters, size, steps) = {known}; chunk "
-            f"has {(num_filters, images.shape[1], history.shape[1])}"
-        )
-    return filters.astype(np.int32), images, objective, history
-
-
-def _check_units(layer: str, units: Sequence[int], num_filters: int) -> None:
-    if not isinstance(layer, str) or not layer or "/" in layer or layer.startswith("."):
-        raise JaxvisError(f"invalid layer name {layer!r}; it must be non-empty, without '/'")
-    bad = [int(i) for i in units if not 0 <= int(i) < num_filters]
-    if bad:
-        raise JaxvisError(
-            f"filters {bad} out of range for layer {layer!r} with {num_filters} filters"
-        )
