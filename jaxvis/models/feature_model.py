@@ -35,11 +35,14 @@ class LayerInfo:
       name: the name in the activation dict.
       kind: one of :data:`LAYER_KINDS`.
       num_filters: channels (conv, pool) or units (dense) of its output.
+      pre: whether the model also offers the layer's linear response, before its fused
+        activation, as ``name + ":pre"`` (the ``lucid`` preset maximizes it when it exists).
     """
 
     name: str
     kind: LayerKind
     num_filters: int
+    pre: bool = False
 
     def __post_init__(self):
         if self.kind not in LAYER_KINDS:
@@ -76,6 +79,8 @@ class FeatureModel:
       unavailable: ``{layer: reason}`` for layers this instance cannot compute (a head
         asked of headless weights), so the error can say why.
       dtype: compute dtype name, recorded in atlases (bf16 and fp32 pictures differ).
+      taps: which :class:`~jaxvis.models.taps.Taps` ``apply`` honours as its optional
+        fourth argument (``"deltas"``, ``"guided_relu"``); attribution refuses the rest.
     """
 
     name: str
@@ -86,6 +91,7 @@ class FeatureModel:
     min_size: int = 1
     unavailable: Mapping[str, str] = dataclasses.field(default_factory=dict)
     dtype: str = "float32"
+    taps: frozenset[str] = frozenset()
 
     def layer(self, name: str) -> LayerInfo:
         """The named layer, or a one-line error listing the valid ones."""

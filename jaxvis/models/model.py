@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from jaxvis.models import vgg16 as _vgg
 from jaxvis.models import weights as _weights
 from jaxvis.models.feature_model import FeatureModel, LayerInfo
+from jaxvis.models.taps import CAPABILITIES
 from jaxvis.models.weights_info import WeightsInfo
 
 __all__ = ["FeatureModel", "LayerInfo", "WeightsInfo", "vgg16"]
@@ -63,4 +64,5 @@ def vgg16(weights: str | None = "imagenet", seed: int = 0, dtype=jnp.float32) ->
         min_size=_vgg.MIN_SIZE,
         unavailable=unavailable,
         dtype=jnp.dtype(dtype).name,
+        taps=frozenset(CAPABILITIES),
     )

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from jaxvis._types import Array, Params
 from jaxvis.errors import JaxvisError, choices
 from jaxvis.models.feature_model import PRE, LayerInfo
+from jaxvis.models.taps import Taps, relu, tapped
 
 # (block, number of convs, filters). Keras applications/vgg16.py.
 _BLOCKS = ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512))
@@ -32,7 +33,9 @@ MIN_SIZE = 32  # Five 2x2 pools need at least 32 px to leave one pixel.
 def _conv_layers() -> list[LayerInfo]:
     out = []
     for block, convs, width in _BLOCKS:
-        out += [LayerInfo(f"block{block}_conv{c}", "conv", width) for c in range(1, convs + 1)]
+        out += [
+            LayerInfo(f"block{block}_conv{c}", "conv", width, pre=True) for c in range(1, convs + 1)
+        ]
         out.append(LayerInfo(f"block{block}_pool", "pool", width))
     return out
 
@@ -40,8 +43,8 @@ def _conv_layers() -> list[LayerInfo]:
 FEATURE_LAYERS: tuple[LayerInfo, ...] = tuple(_conv_layers())
 HEAD_LAYERS: tuple[LayerInfo, ...] = (
     LayerInfo("flatten", "flatten", 7 * 7 * 512),
-    LayerInfo("fc1", "dense", 4096),
-    LayerInfo("fc2", "dense", 4096),
+    LayerInfo("fc1", "dense", 4096, pre=True),
+    LayerInfo("fc2", "dense", 4096, pre=True),
     LayerInfo("predictions", "dense", 1000),
 )
 CONV_NAMES: tuple[str, ...] = tuple(la.name for la in FEATURE_LAYERS if la.kind == "conv")
@@ -91,15 +94,15 @@ class VGG16(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, stop_at: str) -> dict[str, Array]:
+    def __call__(self, x: Array, stop_at: str, taps: Taps | None = None) -> dict[str, Array]:
         acts: dict[str, Array] = {}
         for layer in FEATURE_LAYERS + HEAD_LAYERS:
             if layer.kind == "conv":
                 pre = nn.Conv(
                     layer.num_filters, (3, 3), padding="SAME", dtype=self.dtype, name=layer.name
                 )(x)
-                acts[layer.name + PRE] = pre
-                x = nn.relu(pre)
+                acts[layer.name + PRE] = pre = tapped(taps, layer.name + PRE, pre)
+                x = relu(pre, taps)
             elif layer.kind == "pool":
                 x = max_pool_2x2(x)
             elif layer.kind == "flatten":
@@ -107,9 +110,9 @@ class VGG16(nn.Module):
             else:
                 x = nn.Dense(layer.num_filters, dtype=self.dtype, name=layer.name)(x)
                 if layer.name != "predictions":
-                    acts[layer.name + PRE] = x
-                    x = nn.relu(x)
-            acts[layer.name] = x
+                    acts[layer.name + PRE] = x = tapped(taps, layer.name + PRE, x)
+                    x = relu(x, taps)
+            acts[layer.name] = x = tapped(taps, layer.name, x)
             if layer.name == stop_at:
                 return acts
         raise JaxvisError(f"unknown layer {stop_at!r}")
@@ -154,6 +157,7 @@ def features(
     params: Params,
     images: Array,
     stop_at: str,
+    taps: Taps | None = None,
     *,
     preprocessing: str,
     dtype=jnp.float32,
@@ -164,6 +168,8 @@ def features(
       params: ``{layer: {"kernel": HWIO or [in, out], "bias": [out]}}``.
       images: float32 [N, H, W, 3], RGB in [0, 1].
       stop_at: the deepest layer to compute (see the module docstring for names).
+      taps: deltas to add to named activations and guided ReLUs, for attribution
+        (``jaxvis/models/taps.py``); ``None`` runs the plain network.
       preprocessing: the weights' convention, ``"torchvision"`` or ``"caffe"``.
       dtype: compute dtype; ``jnp.bfloat16`` for the fast path on accelerators.
 
@@ -174,4 +180,4 @@ def features(
     check_layer(stop_at, has_head="fc1" in params)
     check_images(images, stop_at)
     x = preprocess(images.astype(jnp.float32), preprocessing).astype(dtype)
-    return VGG16(dtype=dtype).apply({"params": params}, x, stop_at.removesuffix(PRE))
+    return VGG16(dtype=dtype).apply({"params": params}, x, stop_at.removesuffix(PRE), taps)
