@@ -79,6 +79,9 @@ class FeatureModel:
       unavailable: ``{layer: reason}`` for layers this instance cannot compute (a head
         asked of headless weights), so the error can say why.
       dtype: compute dtype name, recorded in atlases (bf16 and fp32 pictures differ).
+      logits: the activation holding the class logits (``"predictions"`` for VGG16 with
+        its head, ``"<last layer>:pre"`` for a Keras classifier whose softmax is fused),
+        or ``None`` when the model has no head; class targets read it.
       taps: which :class:`~jaxvis.models.taps.Taps` ``apply`` honours as its optional
         fourth argument (``"deltas"``, ``"guided_relu"``); attribution refuses the rest.
     """
@@ -91,6 +94,7 @@ class FeatureModel:
     min_size: int = 1
     unavailable: Mapping[str, str] = dataclasses.field(default_factory=dict)
     dtype: str = "float32"
+    logits: str | None = None
     taps: frozenset[str] = frozenset()
 
     def layer(self, name: str) -> LayerInfo:

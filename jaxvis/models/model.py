@@ -64,5 +64,6 @@ def vgg16(weights: str | None = "imagenet", seed: int = 0, dtype=jnp.float32) ->
         min_size=_vgg.MIN_SIZE,
         unavailable=unavailable,
         dtype=jnp.dtype(dtype).name,
+        logits="predictions" if info.has_head else None,
         taps=frozenset(CAPABILITIES),
     )
