@@ -195,7 +195,7 @@ def program(
     platform = platform or jax.default_backend()
     if transforms is not None and not callable(transforms):
         transforms = tuple(transforms)  # hashable
-    layer_names = tuple(la.name for la in model.layers)
+    layer_names = tuple((la.name, la.pre) for la in model.layers)
     key = (model.apply, layer_names, layer, size, config, steps, objective, param)
     key += (transforms, optimizer, platform)
     if key in _programs:
@@ -210,6 +210,7 @@ def program(
         param=param,
         transforms=transforms,
         optimizer=optimizer,
+        has_pre=model.layer(layer.removesuffix(":pre")).pre,
     )
     stop_at = model.deepest(recipe.objective.layers or (layer,))
     ascent = Ascent(apply=model.apply, stop_at=stop_at, recipe=recipe)

@@ -57,6 +57,10 @@ class Config:
         ``optim.spec(optax.adam, learning_rate=0.05)``.
       keep_best: return the image with the best objective seen, not the last
         (keras-vis returns its lowest-loss input).
+      prefer_pre: call ``objective`` with ``layer + ":pre"`` when the model offers the
+        layer's linear response before its fused activation (``LayerInfo.pre``), and with
+        the plain layer otherwise, so the objective's description, which the atlas records,
+        names the activation actually maximized.
     """
 
     preset: str
@@ -66,6 +70,7 @@ class Config:
     objective: ObjectiveFactory
     optimizer: OptimizerSpec
     keep_best: bool = False
+    prefer_pre: bool = False
 
     def __post_init__(self):
         for name in ("param", "transforms", "objective"):
@@ -107,7 +112,9 @@ class Recipe:
 
 
 def _lucid_objective(layer: str) -> Objective:
-    return obj.channel(layer, pre=True)
+    # Called with "<layer>:pre" where the model has it (Config.prefer_pre), which forces
+    # the pre-activation; a plain name reads the layer's own output.
+    return obj.channel(layer, pre=False)
 
 
 PRESETS: dict[str, Config] = {
@@ -118,6 +125,7 @@ PRESETS: dict[str, Config] = {
         transforms=lambda size: tfm.standard_transforms(),
         objective=_lucid_objective,
         optimizer=optim.LUCID_ADAM,
+        prefer_pre=True,
     ),
     "keras-vis": Config(
         preset="keras-vis",
@@ -165,14 +173,18 @@ def resolve(
     param: Param | None = None,
     transforms: Transforms | None = None,
     optimizer: OptimizerSpec | optax.GradientTransformation | None = None,
+    has_pre: bool = True,
 ) -> Recipe:
     """Builds the recipe for ``layer`` at ``size``.
 
     Every override means the same thing: ``None`` takes the config's part; anything else
-    replaces it. ``transforms=[]`` runs with no transforms.
+    replaces it. ``transforms=[]`` runs with no transforms. ``has_pre`` says whether the
+    model offers ``layer + ":pre"`` (see ``Config.prefer_pre``).
     """
     steps = check_steps(config.steps if steps is None else steps)
-    objective = config.objective(layer) if objective is None else objective
+    if objective is None:
+        target = layer + obj.PRE if config.prefer_pre and has_pre else layer
+        objective = config.objective(target)
     param = config.param(size) if param is None else param
     transform = as_transform(config.transforms(size) if transforms is None else transforms)
     optimizer = config.optimizer if optimizer is None else optimizer

@@ -105,7 +105,11 @@ LUCID_KNOBS = [
     ),
     (
         "objective",
-        {"preset": lucid_with(objective=lambda la: objectives.channel(la, pre=False))},
+        {
+            "preset": lucid_with(
+                objective=lambda la: objectives.channel(la.removesuffix(":pre"), pre=False)
+            )
+        },
         f"layers.{LAYER}.objective",
     ),
     ("steps", {"steps": 3}, "config.steps"),

@@ -133,3 +133,26 @@ def test_atlas_progress_weighs_layers_by_their_xla_cost(tiny, tmp_path, monkeypa
     prog = {la: engine.program(tiny, la, SIZE, presets.get("lucid"), steps=2) for la in layers}
     assert seen == {la: p.step_flops(tiny.params) for la, p in prog.items()}
     assert seen["c2"] > seen["c1"] > 0
+
+
+def test_lucid_maximizes_pre_only_where_the_model_offers_it(tiny):
+    """The tiny model returns c1:pre, but a model may not declare it (LayerInfo.pre):
+    then the lucid preset maximizes the plain output, and its description says so."""
+    declared = FeatureModel(
+        name="tiny-pre",
+        apply=tiny_apply,
+        params=tiny.params,
+        layers=[LayerInfo("c1", "conv", 8, pre=True), LayerInfo("c2", "conv", 4)],
+        min_size=4,
+    )
+    lucid = presets.get("lucid")
+    with_pre = engine.program(declared, "c1", SIZE, lucid, steps=2)
+    plain = engine.program(tiny, "c1", SIZE, lucid, steps=2)
+    assert with_pre.ascent.recipe.objective.description == "channel(c1:pre)"
+    assert plain.ascent.recipe.objective.description == "channel(c1)"
+    units = jnp.arange(2)
+    acts = tiny_apply(tiny.params, jnp.full((1, SIZE, SIZE, 3), 0.5), "c1")
+    read_pre = with_pre.ascent.recipe.objective(acts, None, units[1])
+    read_plain = plain.ascent.recipe.objective(acts, None, units[1])
+    assert float(read_pre) == pytest.approx(float(jnp.mean(acts["c1:pre"][..., 1])))
+    assert float(read_plain) == pytest.approx(float(jnp.mean(acts["c1"][..., 1])))

