@@ -75,6 +75,7 @@ def generate_atlas(
             wanted,
             num_filters={la: model.num_filters(la) for la in wanted},
             objectives={la: p.ascent.recipe.objective.description for la, p in programs.items()},
+            outputs={la: model.output_kind(la, size) for la in wanted},
         )
         todo = {la: _not_done(units, writer.done(la)) for la, units in wanted.items()}
         # ETA weights: one lowering per layer (no compile), so only when progress is shown.

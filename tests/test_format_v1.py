@@ -35,6 +35,7 @@ def test_v1_reads(v1):
         }
         assert view.image(2).shape == (32, 32, 3) and view.history.shape == (2, 4)
         assert view.objective_description == ""
+        assert view.output_kind == ""
 
 
 def test_v1_info_and_export(v1, tmp_path, capsys):

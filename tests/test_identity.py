@@ -217,6 +217,7 @@ def test_same_run_resumes_and_config_has_no_placeholder(atlases, model):
         assert "{layer}" not in str(config) and "objective" not in config
         assert "learning_rate=0.05" in config["optimizer"] and "b2=0.999" in config["optimizer"]
         assert atlas[LAYER].objective_description == f"channel({LAYER}:pre)"
+        assert atlas[LAYER].output_kind == "map"
 
 
 def test_optimizer_spec_describes_every_argument():

@@ -11,7 +11,8 @@ Layout (version 2)::
                                     preprocessing, weights (JSON), config (JSON),
                                     device_kind, device_kinds (JSON list)
     /<layer>/                attrs: num_filters_in_layer, image_size, steps,
-                                    objective (the layer's objective, described)
+                                    objective (the layer's objective, described),
+                                    output (the layer's output: "map" or "vector")
         images               uint8   [N, H, W, 3]  RGB, chunked one filter per chunk
         filters              int32   [N]           filter index of each row
         objective            float32 [N]           final objective value
@@ -26,6 +27,8 @@ Version 2 (jaxvis 0.2) stores each layer's objective with that layer, and the ro
 ``config`` holds only what all layers share (preset, steps, size, param, transforms,
 optimizer with every argument, keep_best, seed, dtype). Version 1 kept the objective in
 the root config with a ``{layer}`` placeholder; version-1 atlases still read and export.
+The ``output`` attribute came in jaxvis 0.2 too, with users' own models; files without it
+read as "".
 
 Rows of ``images``, ``filters``, ``objective`` and ``history`` line up. They are in the
 order written, which is ascending within one run but need not be sorted overall.
@@ -56,6 +59,7 @@ ATTR_NUM_FILTERS = "num_filters_in_layer"
 ATTR_IMAGE_SIZE = "image_size"
 ATTR_STEPS = "steps"
 ATTR_OBJECTIVE = "objective"
+ATTR_OUTPUT = "output"
 
 # Per-layer datasets.
 IMAGES = "images"

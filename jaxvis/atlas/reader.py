@@ -233,6 +233,11 @@ class LayerView:
         ("" in a format-1 atlas, which kept it in the root config)."""
         return str(self._group.attrs.get(fmt.ATTR_OBJECTIVE, ""))
 
+    @property
+    def output_kind(self) -> str:
+        """``"map"`` or ``"vector"``: the layer's output ("" in atlases before jaxvis 0.2)."""
+        return str(self._group.attrs.get(fmt.ATTR_OUTPUT, ""))
+
     def __len__(self) -> int:
         return len(self.filters)
 

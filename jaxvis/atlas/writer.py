@@ -143,6 +143,7 @@ class AtlasWriter:
         *,
         num_filters: Mapping[str, int],
         objectives: Mapping[str, str] | None = None,
+        outputs: Mapping[str, str] | None = None,
     ) -> None:
         """Records which filters a run asked for, and each layer's objective.
 
@@ -152,6 +153,8 @@ class AtlasWriter:
           num_filters: ``{layer: filter count of the layer}``.
           objectives: ``{layer: objective description}``. A layer already in the atlas
             with another objective is refused before anything is written.
+          outputs: ``{layer: "map" or "vector"}``, the kind of the layer's output;
+            recorded with a layer's objective, when the layer is first requested.
         """
         objectives = dict(objectives or {})
         for layer, description in objectives.items():
@@ -179,6 +182,8 @@ class AtlasWriter:
                 group = _layer_group(f, layer, num_filters[layer])
                 if layer in unset:
                     group.attrs[fmt.ATTR_OBJECTIVE] = unset[layer]
+                    if outputs and layer in outputs:
+                        group.attrs[fmt.ATTR_OUTPUT] = outputs[layer]
                 if layer not in new:
                     continue
                 merged = np.array(sorted(self._requested.get(layer, set()).union(new[layer])))

@@ -150,6 +150,11 @@ class FeatureModel:
             )
         return units
 
+    def output_kind(self, layer: str, size: int) -> str:
+        """``"map"`` for an [N, h, w, C] output at this image size, ``"vector"`` for [N, C]."""
+        shape = self.shapes(layer, size)[layer].shape
+        return "map" if len(shape) == 4 else "vector"
+
     def check_size(self, size: int) -> int:
         """The image side as int, or a one-line error giving the smallest valid size."""
         if not _is_int(size) or size < self.min_size:
