@@ -35,21 +35,53 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(_fail(f"{command}: {message}" if command else message))
 
 
-WEIGHTS_HELP = "imagenet (default, torchvision), random (untrained), or a Keras VGG16 .h5 path"
+WEIGHTS_HELP = (
+    "built-in models: imagenet (default, torchvision's), random (untrained), or for vgg16 a "
+    "Keras VGG16 weights .h5 path"
+)
+MODEL_HELP = "vgg16 (default), alexnet, or a Keras 3 model file PATH.keras (needs jaxvis[keras])"
+PREPROCESS_HELP = (
+    "a .keras model's input convention: caffe, torch or tf (as in Keras "
+    "applications/imagenet_utils.py), or none (default: the model takes RGB in [0, 1])"
+)
 
 
-def _weights(spec: str) -> str | None:
-    return None if spec == "random" else spec
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="vgg16", help=MODEL_HELP)
+    p.add_argument("--weights", default="imagenet", help=WEIGHTS_HELP)
+    p.add_argument("--preprocess", default="none", help=PREPROCESS_HELP)
+
+
+def _model(args: argparse.Namespace, dtype: str = "float32"):
+    from jaxvis.models import catalog
+
+    preprocess = None if args.preprocess == "none" else args.preprocess
+    return catalog.load(args.model, weights=args.weights, preprocess=preprocess, dtype=dtype)
 
 
 def cmd_layers(args: argparse.Namespace) -> None:
-    from jaxvis.models import vgg16
+    from jaxvis.models.feature_model import PRE
 
-    model = vgg16(_weights(args.weights))
+    model = _model(args)
+    size, shapes = _layer_shapes(model, args.size)
     width = max(len(la.name) for la in model.layers)
-    print(f"{'name':<{width}}  {'kind':<7}  {'filters':>7}")
+    print(f"{'name':<{width}}  {'kind':<7}  {'filters':>7}  output at {size} px")
     for la in model.layers:
-        print(f"{la.name:<{width}}  {la.kind:<7}  {la.num_filters:>7}")
+        shape = "x".join(str(d) for d in shapes[la.name].shape[1:])
+        also = f"  (also {la.name}{PRE})" if la.pre else ""
+        print(f"{la.name:<{width}}  {la.kind:<7}  {la.num_filters:>7}  {shape}{also}")
+
+
+def _layer_shapes(model, size: int | None):
+    """``(size, shapes of every layer)`` at ``size``; by default at 224 px, or at the
+    model's smallest size when it does not run at 224 (a model with a fixed input)."""
+    last = model.layers[-1].name
+    if size is not None:
+        return size, model.shapes(last, model.check_size(size))
+    try:
+        return 224, model.shapes(last, 224)
+    except JaxvisError:
+        return model.min_size, model.shapes(last, model.min_size)
 
 
 def _use_compile_cache(enabled: bool) -> None:
@@ -73,10 +105,9 @@ def cmd_atlas(args: argparse.Namespace) -> None:
 
     _use_compile_cache(not args.no_compile_cache)
     from jaxvis.filterspec import select
-    from jaxvis.models import vgg16
     from jaxvis.scheduler import generate_atlas
 
-    model = vgg16(_weights(args.weights), dtype=jnp.dtype(args.dtype))
+    model = _model(args, dtype=jnp.dtype(args.dtype).name)
     chosen = select(model, args.layers, args.filters, seed=args.seed)
     out = generate_atlas(
         model,
@@ -123,7 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("layers", help="list the model's layers and filter counts")
-    p.add_argument("--weights", default="imagenet", help=WEIGHTS_HELP)
+    _add_model_options(p)
+    p.add_argument(
+        "--size", type=int, default=None, help="image side for the output shapes (default 224)"
+    )
     p.set_defaults(func=cmd_layers)
 
     p = sub.add_parser("atlas", help="visualize filters into an HDF5 atlas (resumable)")
@@ -134,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="steps (default: the preset's)")
     p.add_argument("--preset", default="lucid", help="lucid (default) or keras-vis")
     p.add_argument("--batch", type=int, default=None, help="filters per chunk (default: auto)")
-    p.add_argument("--weights", default="imagenet", help=WEIGHTS_HELP)
+    _add_model_options(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--dtype",

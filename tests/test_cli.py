@@ -64,10 +64,31 @@ def test_layers_table(capsys):
     code, out, _ = run_main(capsys, "layers", "--weights", "random")
     lines = out.splitlines()
     assert code == 0
-    assert lines[0].split() == ["name", "kind", "filters"]
-    assert lines[1].split() == ["block1_conv1", "conv", "64"]
-    assert lines[-1].split() == ["block5_pool", "pool", "512"]
+    assert lines[0].split() == ["name", "kind", "filters", "output", "at", "224", "px"]
+    assert lines[1].split() == [
+        "block1_conv1",
+        "conv",
+        "64",
+        "224x224x64",
+        "(also",
+        "block1_conv1:pre)",
+    ]
+    assert lines[-1].split() == ["block5_pool", "pool", "512", "7x7x512"]
     assert len(lines) == 1 + 18
+
+
+def test_layers_at_a_size_and_bad_models(capsys):
+    code, out, _ = run_main(capsys, "layers", "--weights", "random", "--size", "64")
+    assert code == 0 and out.splitlines()[-1].split()[-1] == "2x2x512"
+    for argv, says in (
+        (["--model", "resnet"], "unknown model 'resnet'; valid: vgg16, alexnet"),
+        (["--model", "m.h5"], "must be Keras 3 .keras files"),
+        (["--model", "missing.keras"], "no such model file: missing.keras"),
+        (["--preprocess", "caffe"], "--preprocess is for .keras files"),
+        (["--size", "8"], "size must be an integer >= 32"),
+    ):
+        code, _, err = run_main(capsys, "layers", *argv)
+        assert code == 2 and says in err and len(err.strip().splitlines()) == 1, err
 
 
 @pytest.fixture
