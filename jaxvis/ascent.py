@@ -6,7 +6,8 @@ index into the graph; keras-vis rebuilt its graph per call, keras-vis issue #71)
 
 The loop is split into three pure pieces so the engine can choose how to drive it:
 ``init_one`` (make the image parameters and optimizer state), ``step_one`` (one Adam/
-RMSProp step) and ``finish_one`` (final image and objective). :func:`run_one` chains them
+RMSProp step) and ``finish_one`` (final image and objective); ``snapshot_one`` is the
+picture of a state mid-run, for optimization snapshots. :func:`run_one` chains them
 with ``lax.scan``; the engine instead runs blocks of unrolled steps, because on XLA:CPU
 convolutions inside a while loop ran 3-4x slower (benchmarks/README.md, "while-loop
 convolutions").
@@ -106,11 +107,29 @@ class Ascent:
         Returns:
           ``(image float32 [B, H, W, 3] in [0, 1], objective [] without transforms)``.
         """
-        raw = state.best_raw if self.recipe.keep_best else state.raw
-        display = self.recipe.param.display
-        image = display(raw) if display is not None else self.recipe.param.to_image(raw)
+        raw = self._shown_raw(state)
+        image = self._display(raw)
         value = self.objective(params, raw, None, unit)
         return jnp.clip(image, 0.0, 1.0), value.astype(jnp.float32)
+
+    def snapshot_one(self, state: State) -> Array:
+        """The picture ``finish_one`` would return if the run ended at ``state``.
+
+        Returns:
+          uint8 [B, H, W, 3], rounded as the engine rounds final images (jaxvis/engine.py),
+          so a snapshot is 4x smaller than the float picture on the device and in transfer.
+        """
+        image = jnp.clip(self._display(self._shown_raw(state)), 0.0, 1.0)
+        return jnp.round(image * 255.0).astype(jnp.uint8)
+
+    def _shown_raw(self, state: State):
+        """The raw values whose picture is shown: the best so far with ``keep_best``."""
+        return state.best_raw if self.recipe.keep_best else state.raw
+
+    def _display(self, raw) -> Array:
+        """float32 [B, H, W, 3], not yet clipped: the param's display view, or its image."""
+        display = self.recipe.param.display
+        return display(raw) if display is not None else self.recipe.param.to_image(raw)
 
     def run_one(self, params: Params, key: PRNGKey, unit: Array) -> tuple[Array, Array, Array]:
         """The whole loop for one unit with ``lax.scan`` over steps.

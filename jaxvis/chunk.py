@@ -24,6 +24,10 @@ class Chunk:
         they have no row in the arrays above.
       seconds: wall time of the optimization, compile time excluded.
       compile_seconds: time spent tracing and compiling for this chunk.
+      snapshots: uint8 [n, S, H, W, 3] (or [n, S, B, H, W, 3]): snapshot s of a unit is
+        its picture after step ``(s + 1) * snapshot_every``, so ``S = steps //
+        snapshot_every``; None without snapshots.
+      snapshot_every: the steps between snapshots, K; 0 without snapshots.
     """
 
     layer: str
@@ -34,6 +38,8 @@ class Chunk:
     failed: dict[int, str]
     seconds: float
     compile_seconds: float
+    snapshots: np.ndarray | None = None
+    snapshot_every: int = 0
 
     @property
     def units(self) -> int:

@@ -120,6 +120,7 @@ def cmd_atlas(args: argparse.Namespace) -> None:
         batch=args.batch,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        snapshots=args.snapshots,
     )
     print(out)
 
@@ -128,7 +129,13 @@ def cmd_export(args: argparse.Namespace) -> None:
     from jaxvis.export import export_atlas
 
     written = export_atlas(
-        args.atlas, args.out, fmt=args.format, layers=args.layers, grid=args.grid, force=args.force
+        args.atlas,
+        args.out,
+        fmt=args.format,
+        layers=args.layers,
+        grid=args.grid,
+        force=args.force,
+        animate=args.animate,
     )
     print(f"wrote {len(written)} files to {args.out}")
 
@@ -176,6 +183,14 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["float32", "bfloat16"],
         help="compute dtype of the network (bfloat16: faster on GPUs/TPUs, not on CPUs)",
     )
+    p.add_argument(
+        "--snapshots",
+        type=int,
+        default=None,
+        metavar="K",
+        help="also store each filter's picture every K steps (1 to steps), for export "
+        "--animate; a multiple of 8 on CPU or 16 on GPU keeps the usual block size",
+    )
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument(
@@ -191,6 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="jpg", choices=["jpg", "png"])
     p.add_argument("--layers", default=None, help="L1,L2 (default: all in the atlas)")
     p.add_argument("--grid", action="store_true", help="also a labelled sheet per layer")
+    p.add_argument(
+        "--animate",
+        action="store_true",
+        help="also <layer>_<filter>.webp per filter: its snapshots, then its final picture "
+        "(needs an atlas made with --snapshots K)",
+    )
     p.add_argument(
         "--force",
         action="store_true",

@@ -10,6 +10,12 @@ through them chunk by chunk, yielding one typed :class:`~jaxvis.chunk.Chunk` eac
 :func:`visualize` concatenates the chunks; ``jaxvis.scheduler.generate_atlas`` writes each
 one to the atlas as it comes.
 
+Optimization snapshots (``snapshots=K``) are taken between blocks: the block size is
+chosen to divide K (see :func:`block_steps_for`), and after every block that ends at a
+multiple of K one more compiled piece, ``snap``, turns the state into uint8 pictures on
+the device. The block, init and finish programs are the same with snapshots on or off,
+so snapshots off compile and run exactly what they did before snapshots existed.
+
 Compiled programs are cached on what the compiled code depends on: the model's ``apply``
 and layer names, the layer, the size and the recipe. The params are arguments of every
 call and never part of the key, so the cache keeps no model's weights alive.
@@ -91,6 +97,10 @@ class Visualization:
       config: the resolved run config, as written into atlases.
       seconds: wall time of the optimization, compile time excluded.
       compile_seconds: time spent tracing and compiling in this call.
+      snapshots: uint8 [N, S, H, W, 3] (or [N, S, B, H, W, 3]) with ``snapshots=K``, else
+        None: snapshot s is the picture after step ``(s + 1) * K``, so ``S = steps // K``,
+        and when K divides the steps the last snapshot is ``images`` itself.
+      snapshot_every: K, or 0 without snapshots.
     """
 
     layer: str
@@ -102,10 +112,13 @@ class Visualization:
     config: dict
     seconds: float
     compile_seconds: float
+    snapshots: np.ndarray | None = None
+    snapshot_every: int = 0
 
 
 class Program:
-    """The compiled pieces for one (model, layer, recipe): init, a block of steps, finish.
+    """The compiled pieces for one (model, layer, recipe): init, a block of steps, finish,
+    and ``snap`` (the pictures of a state, compiled only once snapshots are asked for).
 
     Attributes:
       traces: how many times any piece was traced (tests check a second call adds none).
@@ -118,6 +131,7 @@ class Program:
         self.init = jax.jit(self._init)
         self.block = jax.jit(self._block, donate_argnums=(1,))
         self.finish = jax.jit(self._finish)
+        self.snap = jax.jit(self._snap)
 
     def _init(self, keys):
         self.traces += 1
@@ -136,17 +150,40 @@ class Program:
         self.traces += 1
         return jax.vmap(self.ascent.finish_one, in_axes=(None, 0, 0))(params, state, units)
 
-    def run(self, params: Params, keys: PRNGKey, units: jax.Array):
-        """Runs every step for a chunk of units. Returns (images, values, history)."""
+    def _snap(self, state):
+        self.traces += 1
+        return jax.vmap(self.ascent.snapshot_one)(state)
+
+    def run(self, params: Params, keys: PRNGKey, units: jax.Array, every: int = 0):
+        """Runs every step for a chunk of units.
+
+        Args:
+          every: take a snapshot after every ``every`` steps (0: none); a multiple of
+            ``block_steps`` unless it is the number of steps (:func:`program` chooses the
+            block size so).
+
+        Returns:
+          ``(images, values, history, snapshots)``; ``snapshots`` is a tuple of uint8
+          [N, B, H, W, 3], one after each multiple of ``every`` short of the last step
+          (the final picture, from ``finish``, is the snapshot at the last step).
+        """
         steps = self.ascent.recipe.steps
+        if every and every < steps and every % self.block_steps:
+            raise JaxvisError(
+                f"snapshots every {every} steps need blocks that divide {every}; this "
+                f"program runs blocks of {self.block_steps} (use engine.program(snapshots=))"
+            )
         state = self.init(keys)
-        blocks = []
+        blocks, shots = [], []
         for start in range(0, steps, self.block_steps):
             state, values = self.block(params, state, keys, units, jnp.int32(start))
             blocks.append(values)
+            end = start + self.block_steps
+            if every and end % every == 0 and end < steps:  # before the next block donates it
+                shots.append(self.snap(state))
         images, final = self.finish(params, state, units)
         history = jnp.concatenate(blocks, axis=1)[:, :steps]
-        return images, final, history
+        return images, final, history, tuple(shots)
 
     def step_flops(self, params: Params) -> float:
         """FLOPs of one step of one unit, as XLA counts them in the lowered program (model,
@@ -161,17 +198,47 @@ class Program:
 _programs: collections.OrderedDict = collections.OrderedDict()
 
 
-def block_steps_for(steps: int, platform: str) -> int:
+def block_steps_for(steps: int, platform: str, every: int = 0) -> int:
     """Steps per compiled block: a divisor of ``steps`` near the platform's target.
 
     A divisor avoids wasted masked steps; if the best divisor is under half the target
     (e.g. a prime step count), the target is used and the excess steps are masked.
+
+    With snapshots every ``every`` steps a block must end at each multiple of ``every``
+    before the last step:
+    the usual block is kept when it divides ``every`` (any multiple of 8 on CPU, of 16 on
+    GPU/TPU, for the usual step counts), else the largest divisor of ``every`` up to the
+    target is used, which runs more, shorter blocks (e.g. 1-step blocks for a prime K).
     """
     target = BLOCK_STEPS.get(platform, 16)
     if steps <= target:
-        return steps
-    divisor = max(d for d in range(1, target + 1) if steps % d == 0)
-    return divisor if divisor * 2 >= target else target
+        block = steps
+    else:
+        divisor = max(d for d in range(1, target + 1) if steps % d == 0)
+        block = divisor if divisor * 2 >= target else target
+    if every and every < steps and every % block:  # K = steps: the final picture only
+        block = max(d for d in range(1, min(every, target) + 1) if every % d == 0)
+    return block
+
+
+def check_snapshots(every, steps: int) -> int:
+    """Snapshot spacing K as int (0 for ``None``: no snapshots), or a one-line error.
+
+    Valid K: an integer from 1 to ``steps``; the run then stores ``steps // K`` snapshots.
+    """
+    if every is None:
+        return 0
+    if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
+        raise JaxvisError(
+            f"snapshots must be a positive integer K (a picture every K steps), from 1 to "
+            f"steps ({steps}); got {every!r}"
+        )
+    if every > steps:
+        raise JaxvisError(
+            f"snapshots every {every} steps would store none in a run of {steps} steps; "
+            f"valid: 1 to {steps}"
+        )
+    return int(every)
 
 
 def program(
@@ -186,18 +253,23 @@ def program(
     transforms=None,
     optimizer=None,
     platform: str | None = None,
+    snapshots: int | None = None,
 ) -> Program:
     """The cached compiled program for these settings (built on first use).
 
     The overrides mean what they mean in :func:`presets.resolve`: ``None`` takes the
-    config's part, ``transforms=[]`` runs with none.
+    config's part, ``transforms=[]`` runs with none. ``snapshots=K`` (see
+    :func:`check_snapshots`) only picks a block size that divides K; where the usual one
+    does, it is the very program that runs without snapshots.
     """
     platform = platform or jax.default_backend()
     if transforms is not None and not callable(transforms):
         transforms = tuple(transforms)  # hashable
+    n_steps = presets.check_steps(config.steps if steps is None else steps)
+    block = block_steps_for(n_steps, platform, check_snapshots(snapshots, n_steps))
     layer_names = tuple((la.name, la.pre) for la in model.layers)
     key = (model.apply, layer_names, layer, size, config, steps, objective, param)
-    key += (transforms, optimizer, platform)
+    key += (transforms, optimizer, platform, block)
     if key in _programs:
         _programs.move_to_end(key)
         return _programs[key]
@@ -214,7 +286,7 @@ def program(
     )
     stop_at = model.deepest(recipe.objective.layers or (layer,))
     ascent = Ascent(apply=model.apply, stop_at=stop_at, recipe=recipe)
-    prog = Program(ascent, block_steps_for(recipe.steps, platform))
+    prog = Program(ascent, block)
     _programs[key] = prog
     while len(_programs) > _CACHE_SIZE:
         _programs.popitem(last=False)
@@ -238,9 +310,16 @@ def failure(history: np.ndarray, final: float, image: np.ndarray) -> str | None:
 
 
 def run_chunk(
-    prog: Program, params: Params, seed: int, layer: str, units: np.ndarray, chunk: int
+    prog: Program,
+    params: Params,
+    seed: int,
+    layer: str,
+    units: np.ndarray,
+    chunk: int,
+    every: int = 0,
 ) -> Chunk:
-    """Runs one chunk of ``units`` (padded to ``chunk`` units and masked) and fetches it."""
+    """Runs one chunk of ``units`` (padded to ``chunk`` units and masked) and fetches it,
+    with a snapshot every ``every`` steps (0: none)."""
     n = len(units)
     padded = np.concatenate([units, np.full(chunk - n, units[-1])]).astype(np.int32)
     keys = unit_keys(seed, layer, padded)
@@ -250,7 +329,7 @@ def run_chunk(
         keys, ids = jax.device_put((keys, ids), sharding)
         params = jax.device_put(params, devices.replicated())
     start, compiling = time.perf_counter(), compile_seconds_so_far()
-    images, final, history = jax.device_get(prog.run(params, keys, ids))
+    images, final, history, shots = jax.device_get(prog.run(params, keys, ids, every))
     compile_seconds = compile_seconds_so_far() - compiling
     seconds = time.perf_counter() - start - compile_seconds
     ok, failed = [], {}
@@ -260,18 +339,37 @@ def run_chunk(
             ok.append(i)
         else:
             failed[unit] = f"filter {unit} of {layer} failed: {why}"
-    imgs = images[ok]
-    imgs = imgs[:, 0] if imgs.shape[1] == 1 else imgs  # [N, B, H, W, 3] -> [N, H, W, 3]
+    imgs = _to_uint8(images[ok])
+    snaps = _snapshots([shot[ok] for shot in shots], imgs, prog.ascent.recipe.steps, every)
+    if imgs.shape[1] == 1:  # [N, B, H, W, 3] -> [N, H, W, 3], and [N, S, B, ...] alike
+        imgs, snaps = imgs[:, 0], None if snaps is None else snaps[:, :, 0]
     return Chunk(
         layer=layer,
         filters=units[ok],
-        images=_to_uint8(imgs),
+        images=imgs,
         objective=final[ok],
         history=history[ok],
         failed=failed,
         seconds=seconds,
         compile_seconds=compile_seconds,
+        snapshots=snaps,
+        snapshot_every=every,
     )
+
+
+def _snapshots(shots: list, images: np.ndarray, steps: int, every: int) -> np.ndarray | None:
+    """uint8 [n, S, B, H, W, 3] from the snapshots ``shots`` (each [n, B, H, W, 3]) and the
+    final ``images`` [n, B, H, W, 3]; None without snapshots.
+
+    The final pictures are the snapshot at the last step when ``every`` divides
+    ``steps`` (``Program.run`` takes none there), so that one equals ``images`` exactly.
+    """
+    if not every:
+        return None
+    frames = list(shots)
+    if steps % every == 0:
+        frames.append(images)
+    return np.stack(frames, axis=1)
 
 
 def chunks(
@@ -283,14 +381,17 @@ def chunks(
     size: int,
     seed: int = 0,
     batch: int | None = None,
+    snapshots: int | None = None,
 ) -> Iterator[Chunk]:
     """Runs ``units`` of ``layer`` through ``prog``, one chunk at a time: the one chunk loop.
 
     The chunk size is ``batch``, or chosen for the devices (see :mod:`jaxvis.devices`).
+    ``snapshots=K`` needs a ``prog`` from :func:`program` with the same ``snapshots``.
     """
+    every = check_snapshots(snapshots, prog.ascent.recipe.steps)
     chunk = devices.chunk_size(model, prog.ascent.stop_at, size, len(units), batch)
     for i in range(0, len(units), chunk):
-        yield run_chunk(prog, model.params, seed, layer, units[i : i + chunk], chunk)
+        yield run_chunk(prog, model.params, seed, layer, units[i : i + chunk], chunk, every)
 
 
 def visualize(
@@ -307,6 +408,7 @@ def visualize(
     param=None,
     transforms=None,
     optimizer=None,
+    snapshots: int | None = None,
 ) -> Visualization:
     """Activation maximization for many filters of one layer, chunk by chunk.
 
@@ -326,6 +428,8 @@ def visualize(
       transforms: a transform or a list of them; ``[]`` for none; ``None`` for the preset's.
       optimizer: an :func:`jaxvis.optim.spec` or a bare ``optax.GradientTransformation``
         instead of the preset's.
+      snapshots: K to also return the picture after every K steps
+        (``Visualization.snapshots``), from 1 to ``steps``; ``None`` for none.
 
     Returns:
       A :class:`Visualization`; failed units are listed in ``.failed``, never returned as
@@ -348,8 +452,12 @@ def visualize(
         param=param,
         transforms=transforms,
         optimizer=optimizer,
+        snapshots=snapshots,
     )
-    parts = list(chunks(model, prog, layer, units, size=size, seed=seed, batch=batch))
+    parts = list(
+        chunks(model, prog, layer, units, size=size, seed=seed, batch=batch, snapshots=snapshots)
+    )
+    every = parts[0].snapshot_every
     return Visualization(
         layer=layer,
         filters=np.concatenate([p.filters for p in parts]),
@@ -360,6 +468,8 @@ def visualize(
         config=prog.ascent.recipe.description,
         seconds=sum(p.seconds for p in parts),
         compile_seconds=sum(p.compile_seconds for p in parts),
+        snapshots=np.concatenate([p.snapshots for p in parts]) if every else None,
+        snapshot_every=every,
     )
 
 

@@ -46,12 +46,17 @@ def generate_atlas(
     batch: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    snapshots: int | None = None,
 ) -> str:
     """Writes (or resumes) an atlas of ``{layer: filters}`` to ``out``.
 
     Every layer and filter is checked before the file is touched. Re-running the same
     call after a crash finishes the atlas; a run whose settings differ in any way that
     changes a picture is refused, naming the setting, unless ``overwrite``.
+
+    ``snapshots=K`` also stores each unit's picture after every K steps (1 to steps),
+    per layer (docs/atlas-format.md, "Snapshots"); a layer whose rows were written with
+    another K, or without snapshots, is refused.
 
     Returns:
       ``out``.
@@ -67,8 +72,11 @@ def generate_atlas(
         model.check_runs(layer, size)
         chunk = devices.chunk_size(model, layer, size, len(units), batch)
         devices.check_fits(model, layer, size, chunk)
-        programs[layer] = engine.program(model, layer, size, config, steps=steps)
+        programs[layer] = engine.program(
+            model, layer, size, config, steps=steps, snapshots=snapshots
+        )
     first = next(iter(programs.values())).ascent.recipe
+    every = engine.check_snapshots(snapshots, first.steps)
     provenance = {**run_identity(model, first, seed=seed), "device_kind": _device_kind()}
     with AtlasWriter(out, provenance=provenance, overwrite=overwrite) as writer:
         writer.request(
@@ -76,6 +84,7 @@ def generate_atlas(
             num_filters={la: model.num_filters(la) for la in wanted},
             objectives={la: p.ascent.recipe.objective.description for la, p in programs.items()},
             outputs={la: model.output_kind(la, size) for la in wanted},
+            snapshot_every={la: every for la in wanted},
         )
         todo = {la: _not_done(units, writer.done(la)) for la, units in wanted.items()}
         # ETA weights: one lowering per layer (no compile), so only when progress is shown.
@@ -87,7 +96,14 @@ def generate_atlas(
                 if not len(units):
                     continue
                 parts = engine.chunks(
-                    model, programs[layer], layer, units, size=size, seed=seed, batch=batch
+                    model,
+                    programs[layer],
+                    layer,
+                    units,
+                    size=size,
+                    seed=seed,
+                    batch=batch,
+                    snapshots=snapshots,
                 )
                 for chunk in parts:
                     writer.write_chunk(layer, chunk)

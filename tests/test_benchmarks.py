@@ -98,3 +98,14 @@ def test_sequential_tiny(tmp_path, bench_env):
         assert r["steps"] == 2
         assert r["cold_wall_s"] > 0 and r["steady_filter_steps_per_s"] > 0
     assert payload["peers"] is None  # tiny settings are not the peers' settings
+
+
+def test_snapshots_tiny(tmp_path, bench_env):
+    payload = run_tiny("snapshots", tmp_path, bench_env)
+    rows = payload["rows"]
+    assert [r["every"] for r in rows] == [0, 16, 64]
+    assert [r["snapshots_per_filter"] for r in rows][0] == 0
+    for r in rows:
+        assert r["filter_steps_per_s"] > 0 and r["atlas_bytes"] > 0
+    # Snapshots cost disk: an atlas with them is larger than one without.
+    assert rows[1]["atlas_bytes"] > rows[0]["atlas_bytes"]

@@ -14,14 +14,15 @@ from jaxvis.chunk import Chunk
 from jaxvis.errors import JaxvisError
 
 
-def verify_rows(f: h5py.File, *, layer: str, rows: tuple[np.ndarray, ...]) -> None:
-    """Reads back the rows a chunk just appended; raises if any differs from what was
-    written (a write error HDF5 reported only as a warning at close)."""
-    n = len(rows[0])
+def verify_rows(f: h5py.File, *, layer: str, rows: dict[str, np.ndarray]) -> None:
+    """Reads back the rows a chunk just appended (``{dataset: rows}``); raises if any
+    differs from what was written (a write error HDF5 reported only as a warning at
+    close)."""
+    n = len(rows[fmt.FILTERS])
     if not n:
         return
     group = f[layer]
-    for name, want in zip((fmt.FILTERS, fmt.IMAGES, fmt.OBJECTIVE, fmt.HISTORY), rows, strict=True):
+    for name, want in rows.items():
         got = group[name][-n:]
         if got.shape != want.shape or not np.array_equal(got, want, equal_nan=True):
             raise JaxvisError(
@@ -31,7 +32,8 @@ def verify_rows(f: h5py.File, *, layer: str, rows: tuple[np.ndarray, ...]) -> No
 
 
 def check_chunk(layer: str, chunk: Chunk, num_filters: int, done: set[int], known):
-    """Validates one chunk; returns the arrays in their stored dtypes."""
+    """Validates one chunk (its snapshots: :func:`check_snapshots`); returns the arrays in
+    their stored dtypes, ``(filters, images, objective, history)``."""
     failed = chunk.failed
     filters = np.asarray(chunk.filters, np.int64).reshape(-1)
     images = np.asarray(chunk.images)
@@ -75,3 +77,37 @@ def check_units(layer: str, units: Sequence[int], num_filters: int) -> None:
         raise JaxvisError(
             f"filters {bad} out of range for layer {layer!r} with {num_filters} filters"
         )
+
+
+def check_snapshots(layer: str, chunk: Chunk, images: np.ndarray, steps: int, known: int | None):
+    """Validates a chunk's snapshots against its images [n, H, W, 3] and ``steps``.
+
+    Args:
+      known: the layer's ``snapshot_every`` once it has rows (0: rows without snapshots),
+        None for a layer without rows yet. A chunk must match it: a layer's rows all have
+        snapshots, with the same K, or none do.
+
+    Returns:
+      uint8 [n, S, H, W, 3] with S = steps // K, or None for a chunk without snapshots.
+    """
+    every, snaps = chunk.snapshot_every, chunk.snapshots
+    if isinstance(every, bool) or not isinstance(every, int | np.integer) or every < 0:
+        raise JaxvisError(f"snapshot_every must be an integer >= 0 (0: none); got {every!r}")
+    if known is not None and known != every:
+        raise JaxvisError(
+            f"layer {layer!r} holds rows with snapshot_every {known} (0: no snapshots); a "
+            f"chunk with snapshot_every {every} cannot join them"
+        )
+    if not every and snaps is None:
+        return None
+    if not 1 <= every <= steps:
+        raise JaxvisError(f"snapshot_every must be from 1 to steps ({steps}); got {every}")
+    want = [len(images), steps // every, *images.shape[1:]]
+    snaps = np.asarray(snaps) if snaps is not None else None
+    if snaps is None or snaps.dtype != np.uint8 or list(snaps.shape) != want:
+        got = "none" if snaps is None else f"{snaps.dtype} {list(snaps.shape)}"
+        raise JaxvisError(
+            f"snapshots of {layer!r} must be uint8 {want} (steps // snapshot_every pictures "
+            f"per filter); got {got}"
+        )
+    return snaps

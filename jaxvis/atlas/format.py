@@ -12,8 +12,11 @@ Layout (version 2)::
                                     device_kind, device_kinds (JSON list)
     /<layer>/                attrs: num_filters_in_layer, image_size, steps,
                                     objective (the layer's objective, described),
-                                    output (the layer's output: "map" or "vector")
+                                    output (the layer's output: "map" or "vector"),
+                                    snapshot_every (K; only with snapshots)
         images               uint8   [N, H, W, 3]  RGB, chunked one filter per chunk
+        snapshots            uint8   [N, S, H, W, 3]  optional: the picture after steps
+                                                   K, 2K, ..., S*K (S = steps // K)
         filters              int32   [N]           filter index of each row
         objective            float32 [N]           final objective value
         history              float32 [N, steps]    objective at each step, before its update
@@ -30,8 +33,12 @@ the root config with a ``{layer}`` placeholder; version-1 atlases still read and
 The ``output`` attribute came in jaxvis 0.2 too, with users' own models; files without it
 read as "".
 
-Rows of ``images``, ``filters``, ``objective`` and ``history`` line up. They are in the
-order written, which is ascending within one run but need not be sorted overall.
+Snapshots (jaxvis 0.2) are optional and per layer: ``snapshots`` and ``snapshot_every``
+are both there or both absent, and a layer's rows all have them or none do.
+
+Rows of ``images``, ``filters``, ``objective``, ``history`` (and ``snapshots``) line up.
+They are in the order written, which is ascending within one run but need not be sorted
+overall.
 """
 
 from __future__ import annotations
@@ -60,6 +67,7 @@ ATTR_IMAGE_SIZE = "image_size"
 ATTR_STEPS = "steps"
 ATTR_OBJECTIVE = "objective"
 ATTR_OUTPUT = "output"
+ATTR_SNAPSHOT_EVERY = "snapshot_every"
 
 # Per-layer datasets.
 IMAGES = "images"
@@ -71,6 +79,7 @@ FAILED_FILTERS = "failed_filters"
 FAILED_MESSAGES = "failed_messages"
 SECONDS = "seconds"
 CHUNK_SIZES = "chunk_sizes"
+SNAPSHOTS = "snapshots"
 
 # Images are stored raw. On real lucid-preset pictures (ImageNet VGG16, 128 px) gzip
 # saved 4% at ~4x the write and ~6x the read time, and lzf nothing; every chunk copies

@@ -2,7 +2,10 @@
 
 Identity is the model, the weights (source, hash, preprocessing, trained, seed; not the
 path, which may move) and the run config less :data:`format.RUN_ONLY_CONFIG_KEYS` (batch
-size and the like, which change no picture).
+size and the like, which change no picture). A few settings are per layer instead: each
+layer's objective, and its snapshot spacing (``snapshot_every``), which a layer's rows
+must all share, so that a resume never mixes rows with and without snapshots while a new
+layer of the same atlas may choose its own.
 """
 
 from __future__ import annotations
@@ -49,6 +52,17 @@ def check_same_run(path: str, attrs: Mapping, prov: Mapping) -> None:
         raise JaxvisError(
             f"{path} was made with different settings ({shown}); pass "
             "--overwrite to start it over, or choose another output file"
+        )
+
+
+def check_same_layer(path: str, layer: str, key: str, old: object, new: object) -> None:
+    """Refuses, as :func:`check_same_run` does, a layer-level setting that differs from
+    the one the layer's rows were written with (e.g. ``snapshot_every``)."""
+    if old != new:
+        shown = _difference(f"layers.{layer}.{key}", old, new)
+        raise JaxvisError(
+            f"{path} was made with different settings ({shown}); pass --overwrite to "
+            "start it over, or choose another output file"
         )
 
 

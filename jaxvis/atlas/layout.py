@@ -4,7 +4,8 @@ h5py reads as many entries as a dataset declares, whether or not the file holds 
 (unwritten chunks read as the fill value), and a compressed chunk is inflated whole to
 read one entry of it. So a layer is checked in this order, metadata first: attributes;
 each dataset's kind, dtype and rank; row counts against the layer's filter count and
-against each other; widths against ``image_size`` and ``steps``; declared bytes against
+against each other; widths against ``image_size`` and ``steps`` (and the optional
+``snapshots`` against ``snapshot_every``); declared bytes against
 the bytes the file stores; and only then the filter ids, which are read to check that
 they are in range and unique. Every rule is one the writer (jaxvis/atlas/writer.py)
 keeps, so no atlas it wrote is refused.
@@ -38,6 +39,7 @@ SPECS = {
     fmt.REQUESTED: ("int", "[R]"),
     fmt.SECONDS: ("float", "[C]"),
     fmt.CHUNK_SIZES: ("int", "[C]"),
+    fmt.SNAPSHOTS: ("uint8", "[N, S, H, W, 3]"),
 }
 # Datasets whose rows line up: all present or none, each as long as the first.
 ROWS = (fmt.FILTERS, fmt.OBJECTIVE, fmt.HISTORY, fmt.IMAGES)
@@ -64,6 +66,7 @@ def check_layer(path: str, name: str, group: h5py.Group) -> None:
         )
     if fmt.IMAGES in dsets:
         _check_widths(path, where, group.attrs, dsets)
+    _check_snapshots(path, where, group.attrs, dsets)
     for key, dset in dsets.items():
         _check_stored(path, f"{where}/{key}", dset)
     _check_ids(path, where, dsets, n)
@@ -149,6 +152,41 @@ def _check_widths(path: str, where: str, attrs, dsets: dict) -> None:
                 f"{path}: {where}/{key} is {_describe(dsets[key])}; expected "
                 f"{SPECS[key][0]} {list(shape)} ({why})"
             )
+
+
+def _check_snapshots(path: str, where: str, attrs, dsets: dict) -> None:
+    """snapshots and snapshot_every together, beside images, as [N, steps // K, H, W, 3]."""
+    has_attr, has_data = fmt.ATTR_SNAPSHOT_EVERY in attrs, fmt.SNAPSHOTS in dsets
+    if not has_attr and not has_data:
+        return
+    attr = f"attribute {fmt.ATTR_SNAPSHOT_EVERY!r}"
+    lacking = None
+    if not has_data:
+        lacking = (attr, f"no {fmt.SNAPSHOTS}")
+    elif not has_attr:
+        lacking = (fmt.SNAPSHOTS, f"no {attr}")
+    elif fmt.IMAGES not in dsets:
+        lacking = (fmt.SNAPSHOTS, f"no {fmt.IMAGES}")
+    if lacking:
+        raise JaxvisError(
+            f"{path}: {where} has {lacking[0]} but {lacking[1]}; expected {fmt.SNAPSHOTS}, "
+            f"{attr} and {fmt.IMAGES} together, or no snapshots"
+        )
+    every = _layer_int(path, where, attrs, fmt.ATTR_SNAPSHOT_EVERY, 1)
+    size = _layer_int(path, where, attrs, fmt.ATTR_IMAGE_SIZE, 1)
+    steps = _layer_int(path, where, attrs, fmt.ATTR_STEPS, 0)
+    if every > steps:
+        raise JaxvisError(
+            f"{path}: {where} attribute {fmt.ATTR_SNAPSHOT_EVERY!r} is {every}; expected "
+            f"1 to {steps} ({fmt.ATTR_STEPS})"
+        )
+    shape = (dsets[fmt.IMAGES].shape[0], steps // every, size, size, 3)
+    if dsets[fmt.SNAPSHOTS].shape != shape:
+        raise JaxvisError(
+            f"{path}: {where}/{fmt.SNAPSHOTS} is {_describe(dsets[fmt.SNAPSHOTS])}; expected "
+            f"uint8 {list(shape)} ({fmt.IMAGES} rows, {fmt.ATTR_STEPS} {steps} // "
+            f"{fmt.ATTR_SNAPSHOT_EVERY} {every}, {fmt.ATTR_IMAGE_SIZE} {size})"
+        )
 
 
 def _check_stored(path: str, at: str, dset: h5py.Dataset) -> None:

@@ -16,6 +16,8 @@ Example::
         view = atlas["block3_conv1"]
         picture = view.image(17)            # uint8 [H, W, 3]
         best = view.filters[view.objective.argmax()]
+        if view.snapshots is not None:      # written with snapshots (jaxvis atlas --snapshots K)
+            frames = view.snapshots[view.index(17)]  # uint8 [steps // K, H, W, 3]
 """
 
 from __future__ import annotations
@@ -148,6 +150,11 @@ class Atlas:
                 f"{len(v.failed):>6}  {v.num_filters_in_layer:>8}  "
                 f"{v.image_size or '-':>4}  {v.seconds.sum():>8.1f}"
             )
+        lines += [
+            f"snapshots {name}: every {v.snapshot_every} steps, {v.snapshots.shape[1]} a filter"
+            for name in self.layers
+            if (v := self[name]).snapshots is not None
+        ]
         return "\n".join(printable(line) for line in lines)
 
 
@@ -173,6 +180,18 @@ class LayerView:
         if fmt.IMAGES in self._group:
             return self._group[fmt.IMAGES]
         return np.zeros((0, 0, 0, 3), np.uint8)
+
+    @property
+    def snapshots(self) -> h5py.Dataset | None:
+        """uint8 [N, S, H, W, 3], rows as ``images``: snapshot s of a row is its picture
+        after step ``(s + 1) * snapshot_every``; an h5py dataset (slicing reads only what
+        it needs), or None for a layer written without snapshots."""
+        return self._group.get(fmt.SNAPSHOTS)
+
+    @property
+    def snapshot_every(self) -> int:
+        """K, the steps between snapshots; 0 for a layer without snapshots."""
+        return int(self._group.attrs.get(fmt.ATTR_SNAPSHOT_EVERY, 0))
 
     @functools.cached_property
     def filters(self) -> np.ndarray:

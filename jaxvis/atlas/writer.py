@@ -1,8 +1,9 @@
 """Appending chunks of finished filters to an atlas, crash-safely and resumably.
 
 Every change is one atomic snapshot (:mod:`jaxvis.atlas.snapshot`): a filter enters
-``filters`` in the same snapshot as its image, objective and history, so a kill at any
-moment loses at most the chunk in flight and a resume never sees half a filter.
+``filters`` in the same snapshot as its image, objective, history and optimization
+snapshots, so a kill at any moment loses at most the chunk in flight and a resume never
+sees half a filter.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 
 from jaxvis.atlas import chunk_checks
 from jaxvis.atlas import format as fmt
-from jaxvis.atlas.identity import check_same_run, normalized_provenance
+from jaxvis.atlas.identity import check_same_layer, check_same_run, normalized_provenance
 from jaxvis.atlas.reader import check_atlas_file
 from jaxvis.atlas.snapshot import (
     acquire_lock,
@@ -60,6 +61,7 @@ class AtlasWriter:
         self._done: dict[str, set[int]] = {}
         self._requested: dict[str, set[int]] = {}
         self._layers: dict[str, tuple[int, int, int]] = {}  # num_filters, size, steps
+        self._every: dict[str, int] = {}  # snapshot_every of layers with data (0: none)
         self._num_filters: dict[str, int] = {}
         self._objectives: dict[str, str] = {}
         self._new_device = False
@@ -132,6 +134,7 @@ class AtlasWriter:
                 int(group.attrs[fmt.ATTR_IMAGE_SIZE]),
                 int(group.attrs[fmt.ATTR_STEPS]),
             )
+            self._every[name] = int(group.attrs.get(fmt.ATTR_SNAPSHOT_EVERY, 0))
 
     def done(self, layer: str) -> set[int]:
         """Filters of ``layer`` already in the atlas, failed ones included."""
@@ -144,6 +147,7 @@ class AtlasWriter:
         num_filters: Mapping[str, int],
         objectives: Mapping[str, str] | None = None,
         outputs: Mapping[str, str] | None = None,
+        snapshot_every: Mapping[str, int] | None = None,
     ) -> None:
         """Records which filters a run asked for, and each layer's objective.
 
@@ -155,7 +159,15 @@ class AtlasWriter:
             with another objective is refused before anything is written.
           outputs: ``{layer: "map" or "vector"}``, the kind of the layer's output;
             recorded with a layer's objective, when the layer is first requested.
+          snapshot_every: ``{layer: K}`` (0: no snapshots) the run will write. A layer
+            whose rows were written with another K is refused before anything is
+            written; a layer without rows takes its K from its first chunk.
         """
+        for layer, every in (snapshot_every or {}).items():
+            if layer in self._every:
+                check_same_layer(
+                    self.path, layer, fmt.ATTR_SNAPSHOT_EVERY, self._every[layer], int(every)
+                )
         objectives = dict(objectives or {})
         for layer, description in objectives.items():
             known = self._objectives.get(layer)
@@ -218,18 +230,23 @@ class AtlasWriter:
             self._done.get(layer, set()),
             self._layers.get(layer),
         )
+        snaps = chunk_checks.check_snapshots(
+            layer, chunk, images, history.shape[1], self._every.get(layer)
+        )
         if not len(filters) and not failed:
             return
-        rows = (filters, images, objective, history)
-        size = sum(a.nbytes for a in rows) + sum(len(m) + 16 for m in failed.values())
+        rows = {fmt.IMAGES: images, fmt.FILTERS: filters, fmt.OBJECTIVE: objective}
+        rows[fmt.HISTORY] = history
+        if snaps is not None:
+            rows[fmt.SNAPSHOTS] = snaps
+        size = sum(a.nbytes for a in rows.values()) + sum(len(m) + 16 for m in failed.values())
         verify = functools.partial(chunk_checks.verify_rows, layer=layer, rows=rows)
+        every = int(chunk.snapshot_every) if snaps is not None else 0
         with snapshot(self.path, new_bytes=size, verify=verify) as f:
             group = _layer_group(f, layer, num_filters)
-            _ensure_data(group, images.shape[1], history.shape[1])
-            _append(group, fmt.IMAGES, images)
-            _append(group, fmt.FILTERS, filters)
-            _append(group, fmt.OBJECTIVE, objective)
-            _append(group, fmt.HISTORY, history)
+            _ensure_data(group, images.shape[1], history.shape[1], every)
+            for name, data in rows.items():
+                _append(group, name, data)
             _append(group, fmt.FAILED_FILTERS, np.fromiter(failed, np.int32, len(failed)))
             _append(group, fmt.FAILED_MESSAGES, np.array(list(failed.values()), dtype=object))
             seconds = chunk.seconds + chunk.compile_seconds
@@ -239,6 +256,7 @@ class AtlasWriter:
                 _add_device_kind(f, self._provenance["device_kind"])
         self._new_device = False
         self._layers[layer] = (num_filters, images.shape[1], history.shape[1])
+        self._every[layer] = every
         self._done.setdefault(layer, set()).update(int(i) for i in filters)
         self._done[layer].update(failed)
 
@@ -315,20 +333,26 @@ def _layer_group(f: h5py.File, layer: str, num_filters: int) -> h5py.Group:
     return group
 
 
-def _ensure_data(group: h5py.Group, size: int, steps: int) -> None:
-    """Creates the resizable datasets of a layer on its first chunk."""
+def _ensure_data(group: h5py.Group, size: int, steps: int, every: int) -> None:
+    """Creates the resizable datasets of a layer on its first chunk (``snapshots`` and
+    ``snapshot_every`` only when ``every``, the chunk's K, is not 0)."""
     if fmt.IMAGES in group:
         return
     group.attrs[fmt.ATTR_IMAGE_SIZE] = np.int32(size)
     group.attrs[fmt.ATTR_STEPS] = np.int32(steps)
-    group.create_dataset(
-        fmt.IMAGES,
-        (0, size, size, 3),
-        np.uint8,
-        maxshape=(None, size, size, 3),
-        chunks=(1, size, size, 3),
-        compression=fmt.IMAGE_COMPRESSION,
-    )
+    pictures = {fmt.IMAGES: (size, size, 3)}
+    if every:
+        group.attrs[fmt.ATTR_SNAPSHOT_EVERY] = np.int32(every)
+        pictures[fmt.SNAPSHOTS] = (steps // every, size, size, 3)
+    for name, shape in pictures.items():  # one filter per HDF5 chunk: what readers fetch
+        group.create_dataset(
+            name,
+            (0, *shape),
+            np.uint8,
+            maxshape=(None, *shape),
+            chunks=(1, *shape),
+            compression=fmt.IMAGE_COMPRESSION,
+        )
     hist_rows = max(1, min(1024, 16384 // max(steps, 1)))
     group.create_dataset(
         fmt.HISTORY,
