@@ -10,6 +10,8 @@ PUBLIC = [
     "Visualization",
     "WeightsInfo",
     "__version__",
+    "alexnet",
+    "from_flax",
     "generate_atlas",
     "objectives",
     "open_atlas",
