@@ -355,20 +355,27 @@ def test_random_weights_are_he_scaled_seeded_and_labelled():
 SIZE, STEPS = 64, 44
 
 
+# conv1 is made without the lucid transforms. Its objective, the mean pre-ReLU response of
+# an 11x11 stride-4 filter, can only be raised by a pattern aligned with the stride, and
+# the transforms' jitter, in pixels tuned for 224 px stride-1 nets, averages that out:
+# with them, 11 of 16 conv1 filters win (colour fields); without, 16 of 16, by margins of
+# 1.3 or more. README.md, "Defaults for other models", says what to change and why.
+TRANSFORMS = {"conv1": []}
+
+
 @functools.cache
 def _made(layer: str):
     m = alexnet("imagenet")
     count = m.num_filters(layer)
     filters = list(range(0, count, count // 16))
-    return filters, jaxvis.visualize(m, layer, filters, size=SIZE, steps=STEPS)
+    transforms = TRANSFORMS.get(layer)
+    return filters, jaxvis.visualize(
+        m, layer, filters, size=SIZE, steps=STEPS, transforms=transforms
+    )
 
 
-# At least 90% of 16 filters must win, except conv1. conv1's objective, the mean pre-ReLU
-# response of an 11x11 stride-4 filter, is nearly the image's mean colour dotted with the
-# filter's summed kernel: the jitter averages out anything aligned with the stride. Its
-# edge filters, whose kernels sum to about zero, have nearly nothing to maximize, and
-# their pictures are colour fields that do not beat the others (11-12 of 16 win).
-NEEDED = {"conv1": 10, "conv2": 15, "conv3": 15, "conv4": 15, "conv5": 15}
+# At least 90% of 16 filters must win, in every conv layer.
+NEEDED = {"conv1": 15, "conv2": 15, "conv3": 15, "conv4": 15, "conv5": 15}
 
 
 @pytest.mark.parametrize("layer", list(NEEDED))
