@@ -109,3 +109,17 @@ def test_snapshots_tiny(tmp_path, bench_env):
         assert r["filter_steps_per_s"] > 0 and r["atlas_bytes"] > 0
     # Snapshots cost disk: an atlas with them is larger than one without.
     assert rows[1]["atlas_bytes"] > rows[0]["atlas_bytes"]
+
+
+def test_keras_adapter_tiny(tmp_path, bench_env):
+    pytest.importorskip("keras")
+    payload = run_tiny("keras_adapter", tmp_path, {**bench_env, "KERAS_BACKEND": "jax"})
+    rows = {r["variant"]: r for r in payload["rows"]}
+    assert set(rows) == {"jaxvis.vgg16", "from_keras(keras VGG16)"}
+    assert payload["preset"] == "keras-vis" and payload["steps"] == 2
+    for r in rows.values():
+        assert r["filter_steps_per_s"] > 0 and r["n"] >= 1 and r["cold_s"] > 0
+    ours, theirs = (r["xla_flops_per_filter_step"] for r in rows.values())
+    assert ours > 0 and abs(theirs / ours - 1) < 0.01  # the same network, the same work
+    assert payload["keras_over_jaxvis"] > 0
+    assert payload["agreement"]["max_pixel_diff_uint8"] <= 1  # same weights, same pictures
