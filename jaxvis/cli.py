@@ -125,7 +125,18 @@ def cmd_atlas(args: argparse.Namespace) -> None:
     print(out)
 
 
+def _attribution_model(args: argparse.Namespace):
+    _use_compile_cache(True)
+    return _model(args)
+
+
 def cmd_export(args: argparse.Namespace) -> None:
+    from jaxvis.attribution.maps_file import is_maps_file
+
+    if args.overlay or is_maps_file(args.atlas):
+        from jaxvis.attribution.command import cmd_export_overlays
+
+        return cmd_export_overlays(args)
     from jaxvis.export import export_atlas
 
     written = export_atlas(
@@ -200,7 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_atlas)
 
-    p = sub.add_parser("export", help="write an atlas's pictures as jpg/png files")
+    from jaxvis.attribution import command as attribution
+
+    attribution.add_parser(sub, model_options=_add_model_options, load_model=_attribution_model)
+
+    p = sub.add_parser(
+        "export", help="write an atlas's pictures, or a maps file's overlays, as jpg/png files"
+    )
     p.add_argument("atlas")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--format", default="jpg", choices=["jpg", "png"])
@@ -211,6 +228,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also <layer>_<filter>.webp per filter: its snapshots, then its final picture "
         "(needs an atlas made with --snapshots K)",
+    )
+    p.add_argument(
+        "--overlay",
+        action="store_true",
+        help="a maps file from jaxvis attribute: heat maps over its images, and contact "
+        "sheets (the default for a maps file)",
+    )
+    p.add_argument(
+        "--colormap", default="inferno", help="overlays: inferno, viridis, magma, plasma or cividis"
     )
     p.add_argument(
         "--force",
