@@ -11,6 +11,7 @@ PUBLIC = [
     "WeightsInfo",
     "__version__",
     "alexnet",
+    "attribute",
     "from_flax",
     "from_keras",
     "generate_atlas",
