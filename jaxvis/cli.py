@@ -151,6 +151,25 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"wrote {len(written)} files to {args.out}")
 
 
+def cmd_site(args: argparse.Namespace) -> None:
+    from jaxvis.site import build_site
+
+    summary = build_site(
+        args.atlas,
+        args.out,
+        image_format=args.format,
+        quality=args.quality,
+        thumb_size=args.thumb_size,
+        plots=not args.no_plots,
+        workers=args.workers,
+    )
+    print(
+        f"site of {summary.units} units in {summary.layers} layers: wrote "
+        f"{len(summary.written)} files, kept {len(summary.kept)}, removed "
+        f"{len(summary.removed)} in {summary.seconds:.1f} s; open {summary.index}"
+    )
+
+
 def cmd_info(args: argparse.Namespace) -> None:
     from jaxvis.atlas import open_atlas
 
@@ -244,6 +263,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace files of the same names in OUT (default: refuse, before writing anything)",
     )
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("site", help="write a static, browsable site of an atlas (no server)")
+    p.add_argument("atlas")
+    p.add_argument("--out", required=True, help="output folder (new, empty, or an earlier site)")
+    p.add_argument("--format", default="jpeg", choices=["jpeg", "png"], help="picture format")
+    p.add_argument("--quality", type=int, default=90, help="JPEG quality, 1-95")
+    p.add_argument("--thumb-size", type=int, default=96, help="largest thumbnail side, px")
+    p.add_argument(
+        "--no-plots", action="store_true", help="no objective curves (they need jaxvis[site])"
+    )
+    p.add_argument("--workers", type=int, default=None, help="processes drawing the curves")
+    p.set_defaults(func=cmd_site)
 
     p = sub.add_parser("info", help="show an atlas's provenance and progress")
     p.add_argument("atlas")

@@ -123,3 +123,9 @@ def test_keras_adapter_tiny(tmp_path, bench_env):
     assert ours > 0 and abs(theirs / ours - 1) < 0.01  # the same network, the same work
     assert payload["keras_over_jaxvis"] > 0
     assert payload["agreement"]["max_pixel_diff_uint8"] <= 1  # same weights, same pictures
+
+
+def test_site_tiny(tmp_path, bench_env):
+    payload = run_tiny("site", tmp_path, bench_env)
+    assert payload["units"] > 0 and payload["site_bytes"] > 0 and payload["site_files"] > 0
+    assert payload["builds"] and all(b["seconds"] > 0 for b in payload["builds"]), payload
