@@ -1,8 +1,12 @@
-"""The progress display of an atlas run: a tqdm bar on a terminal, plain lines in logs.
+"""The progress display of a run: a tqdm bar on a terminal, plain lines in logs.
+
+One display serves the project's runs, each counted in its own units (``noun``): an
+atlas's filters, layer by layer (jaxvis/scheduler.py), and attribution maps' images
+(jaxvis/attribution/command.py and ``attribute(..., progress=True)``), in one stage.
 
 On a terminal, one tqdm bar covers the whole run. Its total is the summed cost of the
-filters to do, not their count, so tqdm's own ETA is cost-weighted; the description in
-front of it gives the current layer's done/total, rate and ETA. tqdm redraws with ``\\r``,
+units to do, not their count, so tqdm's own ETA is cost-weighted; the description in
+front of it gives the current stage's (layer's) done/total, rate and ETA. tqdm redraws with ``\\r``,
 which turns a log file or CI page into one unreadable line, so when the stream is not a
 terminal the display writes plain lines instead, at most one per ``log_interval`` seconds
 plus one at each layer's start and end. The clock is injectable, so tests are exact.
@@ -17,6 +21,10 @@ from typing import TextIO
 
 from tqdm import tqdm
 
+from jaxvis.errors import JaxvisError, choices
+
+# What a run counts, plural: an atlas's filters, or the images of attribution maps.
+NOUNS = ("filters", "images")
 # The overall ETA is the text after the layer's; the bar comes last, so a narrow terminal
 # cuts the bar rather than the numbers.
 _BAR_FORMAT = "{desc}, ETA {remaining} {percentage:3.0f}%|{bar}|"
@@ -28,19 +36,22 @@ def format_duration(seconds: float) -> str:
 
 
 class Progress:
-    """Per-layer and overall done/total, rate in filters per second, and ETAs.
+    """Per-layer and overall done/total, rate in units (``noun``) per second, and ETAs.
 
     The layer's rate and ETA come from the time since that layer started. The overall ETA
-    weighs the filters still to do by ``costs``: deep layers cost far more per filter
-    than early ones, so a plain filter count would promise far too early a finish.
+    weighs the units still to do by ``costs``: deep layers cost far more per filter
+    than early ones, so a plain filter count would promise far too early a finish. A run
+    with no layers (attribution maps) is one stage, named e.g. by its method.
 
     Args:
-      layers: ``{layer: filters to do in this run}``, in run order.
+      layers: ``{layer: units to do in this run}``, in run order.
       stream: where to draw (stderr by default, so stdout stays clean for results).
       enabled: False draws nothing (``--no-progress``).
       clock: seconds from a monotonic clock; ``time.monotonic`` unless testing.
       costs: ``{layer: relative cost of one filter}`` (e.g. FLOPs); all 1 if omitted.
       log_interval: off a terminal, the fewest seconds between two lines within a layer.
+      noun: what is counted, one of :data:`NOUNS`: ``"filters"`` (an atlas) or
+        ``"images"`` (attribution maps); it names the rate and the summary.
     """
 
     def __init__(
@@ -52,7 +63,11 @@ class Progress:
         clock: Callable[[], float] = time.monotonic,
         costs: Mapping[str, float] | None = None,
         log_interval: float = 30.0,
+        noun: str = "filters",
     ):
+        if noun not in NOUNS:
+            raise JaxvisError(f"unknown progress noun {noun!r}; valid: {choices(NOUNS)}")
+        self.noun = noun
         self.totals = {name: int(n) for name, n in layers.items()}
         self.costs = {name: float((costs or {}).get(name, 1.0)) for name in self.totals}
         self.done = dict.fromkeys(self.totals, 0)
@@ -86,7 +101,7 @@ class Progress:
             self._show(force=True)
 
     def advance(self, layer: str, n: int = 1) -> None:
-        """Counts ``n`` more filters of ``layer`` as finished (failed ones included)."""
+        """Counts ``n`` more units of ``layer`` as finished (failed ones included)."""
         self._begin(layer)
         self.done[layer] += int(n)
         self._layer = layer
@@ -122,7 +137,7 @@ class Progress:
             self._bar.close()
         elapsed = self._clock() - self._start if self._start is not None else 0.0
         word = "stopped" if stopped else "done"
-        summary = f"{self.total_done}/{self.total} filters in {format_duration(elapsed)}"
+        summary = f"{self.total_done}/{self.total} {self.noun} in {format_duration(elapsed)}"
         self.stream.write(f"jaxvis: {word}: {summary}\n")
         self.stream.flush()
 
@@ -154,7 +169,8 @@ class Progress:
             rate = done / elapsed if elapsed > 0 else 0.0
             text = f"{name} {done}/{total}"
             if rate > 0:
-                text += f", {rate:.3g} filters/s, ETA {format_duration((total - done) / rate)}"
+                eta = format_duration((total - done) / rate)
+                text += f", {rate:.3g} {self.noun}/s, ETA {eta}"
             parts.append(text)
         parts.append(f"total {self.total_done}/{self.total}")
         return " | ".join(parts)

@@ -384,3 +384,64 @@ def test_progress_callback_counts_images(model, images):
         progress=lambda d, n: seen.append((d, n)),
     )
     assert seen == [(2, 5), (4, 5), (5, 5)]
+
+
+def test_progress_true_shows_images_on_stderr(model, images, capsys):
+    """``progress=True`` is the project's display (jaxvis/progress.py), counting images."""
+    attribution.attribute(model, images, method="gradient", target=0, batch=2, progress=True)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "jaxvis: gradient 0/5 | total 0/5, ETA ?"
+    assert lines[-2].startswith("jaxvis: gradient 5/5, ") and " images/s, " in lines[-2]
+    assert re.fullmatch(r"jaxvis: done: 5/5 images in 00:0\d", lines[-1])
+    assert not any("filters" in line for line in lines)
+
+
+@pytest.fixture()
+def small_memory(monkeypatch, vgg):
+    """Pretends the device has ``bytes`` available (the rule in jaxvis/devices.py reads it
+    through ``devices.available_memory``, as does the chunk plan)."""
+    from jaxvis import devices
+
+    def set_memory(nbytes: int) -> None:
+        monkeypatch.setattr(devices, "available_memory", lambda device: int(nbytes))
+
+    return set_memory
+
+
+def test_a_chunk_too_large_is_refused_in_images_words(vgg, small_memory):
+    """4 images of 72 px with 2 SmoothGrad samples each at once, where the memory holds
+    the passes of about one image: the refusal counts images and passes, not units, and
+    names the three ways out; the size it offers is the largest the same rule accepts."""
+    from jaxvis import devices
+
+    stop = "block5_conv3"
+    small_memory(4 * devices.activation_bytes(vgg, "block5_pool", 72))
+    x = np.random.default_rng(1).uniform(size=(4, 72, 72, 3)).astype(np.float32)
+    with pytest.raises(JaxvisError) as e:
+        attribution.attribute(
+            vgg, x, method="smoothgrad", samples=2, batch=4, target=f"channel:{stop}:pre:0"
+        )
+    message = str(e.value)
+    assert "\n" not in message and "unit" not in message, message
+    assert message.startswith("smoothgrad of 4 images per device at 72 px, 2 passes each at once,")
+    assert message.endswith(", a smaller batch (--batch) or fewer samples (--samples)"), message
+    largest = int(re.search(r"use images of at most (\d+) px \(--size\)", message).group(1))
+    assert vgg.min_size <= largest < 72
+    devices.check_fits(vgg, stop, largest, 8)  # 4 images x 2 passes fit at that size...
+    with pytest.raises(JaxvisError):
+        devices.check_fits(vgg, stop, largest + 1, 8)  # ...and not one pixel larger
+
+
+def test_one_image_that_cannot_fit_at_any_size(vgg, small_memory):
+    small_memory(2**20)
+    x = np.random.default_rng(2).uniform(size=(1, 76, 76, 3)).astype(np.float32)
+    _error(
+        "gradcam of 1 image per device at 76 px needs about",
+        attribution.attribute,
+        vgg,
+        x,
+        method="gradcam",
+        target="channel:block5_conv3:0",
+    )
+    with pytest.raises(JaxvisError, match=r"available; even 32 px images do not fit$"):
+        attribution.attribute(vgg, x, method="gradcam", target="channel:block5_conv3:0")

@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import os
+import re
 
 import h5py
 import numpy as np
@@ -22,7 +23,7 @@ from PIL import Image
 from skimage import data as skdata
 
 from jaxvis import cli
-from jaxvis.attribution import attribute, command
+from jaxvis.attribution import attribute, command, flags
 from jaxvis.attribution.images import load_image
 from jaxvis.models import catalog
 
@@ -161,6 +162,10 @@ BAD = [
     (["--method", "gradcam", "--size", "8"], "size must be an integer >= 32"),
     (["--method", "gradcam", "--model", "resnet7"], "resnet7"),
     (["--method", "gradcam", "--size", "big"], "invalid int value: 'big'"),
+    (["--method", "gradcam", "--score-batch", "4"], "unknown option 'score_batch' for gradcam"),
+    (["--method", "gradient", "--no-resize"], "unknown option 'resize' for gradient"),
+    (["--method", "scorecam", "--score-batch", "0"], "score_batch must be a positive integer"),
+    (["--method", "smoothgrad", "--combine", "max"], "unknown combine 'max'"),
 ]
 
 
@@ -197,3 +202,87 @@ def test_bad_files_are_one_line_exit_2_and_no_file(photos, gray_folder, tmp_path
     )
     assert_one_line_error(code, err, "not a jaxvis maps file")
     assert (tmp_path / "notes.h5").read_text() == "mine"
+
+
+def test_every_method_option_has_a_flag_whose_help_names_its_methods():
+    """Every option of jaxvis/attribution/specs.py has a flag; each flag's help starts with
+    exactly the methods that take it and lists the valid values of specs.py."""
+    from jaxvis.attribution import specs
+
+    assert sorted(flags.OPTION_FLAGS) == sorted(specs.OPTIONS)
+    takes = {
+        o: [m for m in specs.METHODS if o in specs.resolve(m, {}).options] for o in specs.OPTIONS
+    }
+    helps = {name: kw["help"] for name, _, kw in flags.OPTIONS}
+    for option, methods in takes.items():
+        assert helps[option].startswith(", ".join(methods) + ": "), (option, methods)
+    for option, valid in (
+        ("reduce", specs.REDUCE),
+        ("combine", specs.COMBINE),
+        ("rule", specs.RULES),
+    ):
+        assert helps[option].endswith(": " + ", ".join(valid[:-1]) + " or " + valid[-1])
+
+
+def test_no_resize_keeps_the_layer_size(photos, tmp_path):
+    out = tmp_path / "small.h5"
+    code, _, err = run(
+        "attribute", photos, "--method", "gradcam", "--no-resize", "--out", out, *TINY
+    )
+    assert code == 0, err
+    with h5py.File(out, "r") as f:
+        assert json.loads(f.attrs["description"])["resize"] is False
+        written = f["maps"][()]
+    assert written.shape == (3, 2, 2)  # block5_conv2 at 32 px
+    model = _load("vgg16", weights="random")
+    images = np.stack([load_image(str(photos / n), 32) for n in sorted(os.listdir(photos))])
+    expected = attribute(model, images, method="gradcam", target=TARGET, resize=False)
+    np.testing.assert_allclose(written, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_score_batch_sets_memory_use_not_the_maps(photos, tmp_path):
+    """Score-CAM of a block2 channel over block1_conv1's 64 channels, 7 masks at a time
+    (the last batch short), equals the library's default of 32 at a time."""
+    out, target = tmp_path / "score.h5", "channel:block2_conv1:pre:3"
+    extra = ["--method", "scorecam", "--layer", "block1_conv1", "--score-batch", "7"]
+    code, _, err = run("attribute", photos, *extra, "--out", out, *TINY, "--target", target)
+    assert code == 0, err
+    with h5py.File(out, "r") as f:
+        assert json.loads(f.attrs["description"])["score_batch"] == 7
+        written = f["maps"][()]
+    model = _load("vgg16", weights="random")
+    images = np.stack([load_image(str(photos / n), 32) for n in sorted(os.listdir(photos))])
+    expected = attribute(model, images, method="scorecam", target=target, layer="block1_conv1")
+    np.testing.assert_allclose(written, expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max())
+    assert np.abs(written).max() > 0
+
+
+def test_keepdims_writes_every_channel_and_exports(photos, tmp_path):
+    out = tmp_path / "rgb.h5"
+    code, _, err = run(
+        "attribute", photos, "--method", "gradient", "--keepdims", "--out", out, *TINY
+    )
+    assert code == 0, err
+    with h5py.File(out, "r") as f:
+        assert json.loads(f.attrs["description"])["keepdims"] is True
+        written = f["maps"][()]
+    assert written.shape == (3, 32, 32, 3)
+    model = _load("vgg16", weights="random")
+    images = np.stack([load_image(str(photos / n), 32) for n in sorted(os.listdir(photos))])
+    expected = attribute(model, images, method="gradient", target=TARGET, keepdims=True)
+    np.testing.assert_allclose(written, expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
+    code, stdout, err = run("export", out, "--out", tmp_path / "png", "--format", "png")
+    assert code == 0 and stdout.strip() == f"wrote 4 files to {tmp_path / 'png'}", err
+
+
+def test_progress_counts_images_and_says_when_resuming(photos, tmp_path):
+    out = tmp_path / "maps.h5"
+    args = ["attribute", photos, "--method", "gradient", "--out", out, *TINY[:-1]]
+    code, _, err = run(*args)
+    assert code == 0, err
+    lines = err.splitlines()
+    assert lines[0] == "jaxvis: gradient 0/3 | total 0/3, ETA ?"
+    assert re.fullmatch(r"jaxvis: done: 3/3 images in \d\d:\d\d", lines[-1]), err
+    assert "filters" not in err and "unit" not in err
+    code, _, err = run(*args)
+    assert code == 0 and err == "jaxvis: resuming: 3 of 3 images are done\n"

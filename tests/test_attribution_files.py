@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import re
 import signal
@@ -20,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxvis.attribution import images, maps_file, overlay
+from jaxvis.attribution import images, overlay
 from jaxvis.attribution.maps_file import MapsRun, MapsWriter, open_maps
 from jaxvis.errors import JaxvisError
 
@@ -170,8 +171,8 @@ def test_written_file_reads_back_with_plain_h5py(tmp_path):
     with h5py.File(path, "r") as f:
         assert f.attrs["format"] == "jaxvis-attribution-maps" and f.attrs["format_version"] == 1
         assert f.attrs["method"] == "gradcam" and f.attrs["image_size"] == SIDE
-        assert maps_file.json.loads(f.attrs["description"]) == run.description
-        assert maps_file.json.loads(f.attrs["weights"]) == WEIGHTS
+        assert json.loads(f.attrs["description"]) == run.description
+        assert json.loads(f.attrs["weights"]) == WEIGHTS
         assert f["maps"].shape == (6, SIDE, SIDE) and f["maps"].dtype == np.float32
         assert f["maps"].chunks == (1, SIDE, SIDE) and f["maps"].maxshape == (None, SIDE, SIDE)
         assert f["done"][()].tolist() == [0, 1, 2, 0, 1, 0]
@@ -200,7 +201,7 @@ from jaxvis.attribution import maps_file
 mode, path = sys.argv[1], sys.argv[2]
 die = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
 if mode == "create":
-    maps_file.os.replace = die  # inside the creating snapshot, before its rename
+    os.replace = die  # inside the creating snapshot (jaxvis/atlas/snapshot.py), before its rename
 w = maps_file.MapsWriter(path, make_run())
 size = 1 if mode == "loop" else 3
 chunks = [w.todo()[i:i + size] for i in range(0, len(w.todo()), size)]
@@ -441,3 +442,25 @@ def test_export_writes_overlays_and_a_captioned_sheet(tmp_path):
     with pytest.raises(JaxvisError, match="eel.png of .* is missing"):
         overlay.export_overlays(path, tmp_path / "again")
     assert not (tmp_path / "again").exists()
+
+
+def test_reading_and_exporting_a_maps_file_does_not_import_jax(tmp_path):
+    """The maps file package (jaxvis/attribution/maps_file/) and the overlay export need
+    h5py, numpy, Pillow and matplotlib only, through the CLI as through the library."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    save(folder / "cat.png", np.random.default_rng(4).integers(0, 255, (12, 10, 3)))
+    path = tmp_path / "maps.h5"
+    with MapsWriter(path, make_run(1, images=images.list_images([str(folder)]))) as w:
+        w.write([0], expected_maps([0]))
+    code = textwrap.dedent(f"""
+        import sys
+        from jaxvis.attribution.maps_file import open_maps
+        from jaxvis.cli import main
+        with open_maps({str(path)!r}) as f:
+            f.header, f.paths, f.map(0)
+        assert main(["export", {str(path)!r}, "--out", {str(tmp_path / "o")!r}]) == 0
+        assert "jax" not in sys.modules, sorted(m for m in sys.modules if "jax" in m)
+    """)
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    assert sorted(os.listdir(tmp_path / "o")) == ["0_cat.jpg", "sheet_000.jpg"]

@@ -129,3 +129,49 @@ def test_site_tiny(tmp_path, bench_env):
     payload = run_tiny("site", tmp_path, bench_env)
     assert payload["units"] > 0 and payload["site_bytes"] > 0 and payload["site_files"] > 0
     assert payload["builds"] and all(b["seconds"] > 0 for b in payload["builds"]), payload
+
+
+def test_attribution_tiny(tmp_path, bench_env):
+    payload = run_tiny("attribution", tmp_path, bench_env)
+    methods = (
+        "gradient",
+        "smoothgrad",
+        "integrated_gradients",
+        "gradcam",
+        "gradcam++",
+        "scorecam",
+        "guided_backprop",
+        "guided_gradcam",
+    )
+    assert payload["size"] == 32 and payload["images"] == 2 and payload["weights"] == "random"
+    assert payload["methods"] == list(methods)
+    rows = payload["rows"]
+    assert [(r["method"], r["variant"]) for r in rows] == [
+        (m, v) for m in methods for v in ("batched, batch=2", "per image")
+    ]
+    for r in rows:
+        assert r["images"] == 2 and r["size"] == 32
+        assert r["images_per_s"] > 0 and r["steady_wall_s"] > 0 and r["cold_wall_s"] > 0
+        assert r["fwd_flops_per_image"] > 0 and r["xla_flops_per_image"] > 0
+        assert r["analytic_flops_per_image"] == r["fwd_flops_per_image"] * r["passes"]
+    by = {r["method"]: r for r in rows}
+    assert by["gradient"]["passes"] == 2 and by["smoothgrad"]["passes"] == 2 * 2  # 2 samples
+    assert by["integrated_gradients"]["passes"] == 2 * 2  # 2 steps
+    assert by["gradcam"]["layer"] == "block2_conv1"  # the last map before block2_conv2
+    # Score-CAM: one forward per channel of its layer (128 in block2_conv1) plus two.
+    assert by["scorecam"]["passes"] == 128 + 2 and by["scorecam"]["loops"] is True
+
+
+def test_attribution_sanity_tiny(tmp_path, bench_env):
+    payload = run_tiny("attribution_sanity", tmp_path, bench_env)
+    assert payload["size"] == 32 and payload["blocks"] == [5, 4]
+    assert payload["weights"] == "imagenet"  # the check needs trained weights
+    photos = ["chelsea", "coffee", "astronaut"]
+    assert payload["photos"] == photos
+    rows = payload["rows"]
+    assert [(r["method"], r["randomized"]) for r in rows] == [
+        (m, b) for b in ("block5", "block5+block4") for m in ("gradient", "smoothgrad", "gradcam")
+    ]
+    for r in rows:
+        values = [v for v in r["spearman"].values() if v is not None]
+        assert set(r["spearman"]) == set(photos) and all(-1.0 <= v <= 1.0 for v in values)

@@ -1,5 +1,6 @@
 """Progress display: cost-weighted ETAs from an injected clock, plain log lines off a
-terminal, a tqdm bar on one, and a summary that never calls a stopped run done."""
+terminal, a tqdm bar on one, a summary that never calls a stopped run done, and the
+units it counts (an atlas's filters, attribution's images)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import io
 import pytest
 from tqdm import tqdm
 
+from jaxvis.errors import JaxvisError
 from jaxvis.progress import Progress, format_duration
 
 
@@ -145,3 +147,40 @@ def test_format_duration():
     assert format_duration(-3) == "00:00"
     assert format_duration(59.6) == "01:00"
     assert format_duration(3725) == "1:02:05"
+
+
+def test_images_are_counted_as_images():
+    """Attribution maps count images (jaxvis/attribution/command.py): the rate, the ETA
+    and the summary say so, and nothing says filters."""
+    clock, out = Clock(), io.StringIO()
+    with Progress({"gradcam": 10}, stream=out, clock=clock, log_interval=5, noun="images") as bar:
+        bar.start_layer("gradcam")
+        clock.t += 5
+        bar.advance("gradcam", 4)
+        clock.t += 1
+        bar.advance("gradcam", 6)
+    assert out.getvalue().splitlines() == [
+        "jaxvis: gradcam 0/10 | total 0/10, ETA ?",
+        "jaxvis: gradcam 4/10, 0.8 images/s, ETA 00:08 | total 4/10, ETA 00:08",
+        "jaxvis: gradcam 10/10, 1.67 images/s, ETA 00:00 | total 10/10, ETA 00:00",
+        "jaxvis: done: 10/10 images in 00:06",
+    ]
+
+
+def test_images_on_a_terminal_and_when_stopped():
+    clock, out = Clock(), Tty()
+    bar = Progress({"ig": 4}, stream=out, clock=clock, noun="images")
+    with pytest.raises(KeyboardInterrupt), bar:
+        bar.start_layer("ig")
+        clock.t += 2
+        bar.advance("ig", 1)
+        drawn = out.getvalue().split("\r")[-1]
+        assert drawn.startswith("jaxvis: ig 1/4, 0.5 images/s, ETA 00:06 | total 1/4, ETA 00:06")
+        raise KeyboardInterrupt
+    assert out.getvalue().endswith("\rjaxvis: stopped: 1/4 images in 00:02\n")
+    assert "filters" not in out.getvalue()
+
+
+def test_unknown_noun_is_refused_in_one_line():
+    with pytest.raises(JaxvisError, match="unknown progress noun 'units'; valid: filters, images"):
+        Progress({"a": 1}, noun="units")

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from jaxvis import devices
-from jaxvis.attribution import inputs, layers, program, specs
+from jaxvis.attribution import fits, inputs, layers, program, specs
 from jaxvis.attribution.methods import Scorer
 from jaxvis.attribution.specs import METHODS
 from jaxvis.attribution.targets import Target, parse_target, per_image
@@ -144,7 +144,7 @@ class Attributor:
             if layer:
                 layers.check_order(model, layer, target.layers, target.reads)
             stop_at = model.deepest(target.layers + ((layer,) if layer else ()))
-            program.check_fits(model, stop_at, max(hw), chunk * plan.group)
+            fits.check_fits(model, self.spec, stop_at, max(hw), chunk, plan.group)
             scorer = Scorer(model.apply, stop_at, target.objective)
             shape = tuple(layers.deepest_shapes(model, hw)[1][layer].shape) if layer else None
             key = (self.spec, scorer, layer, shape, self.keepdims, hw, plan.group)
@@ -218,10 +218,9 @@ def _progress(progress, method: str, n: int):
     elif progress is True:
         from jaxvis.progress import Progress
 
-        label = f"{method} images"
-        with Progress({label: n}) as bar:
-            bar.start_layer(label)
-            yield lambda k: bar.advance(label, k)
+        with Progress({method: n}, noun="images") as bar:
+            bar.start_layer(method)
+            yield lambda k: bar.advance(method, k)
     elif callable(progress):
         done = [0]
 

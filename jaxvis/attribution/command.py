@@ -3,7 +3,7 @@
 ``jaxvis attribute IMAGE_OR_DIR... --method M --target T --out maps.h5`` checks the
 method, target and options (jaxvis/attribution/api.py), lists and hashes the images
 (jaxvis/attribution/images.py), then decodes them a chunk at a time, attributes each
-chunk and commits it to the maps file (jaxvis/attribution/maps_file.py) before the next,
+chunk and commits it to the maps file (jaxvis/attribution/maps_file/) before the next,
 so a kill loses at most the chunk in flight and the same command resumes. Every bad
 input is refused before the maps file is created or changed.
 
@@ -16,16 +16,15 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TextIO
 
 import numpy as np
-from tqdm import tqdm
 
 from jaxvis.atlas.names import printable
+from jaxvis.attribution.flags import add_option_flags, given_options
 from jaxvis.errors import JaxvisError
-from jaxvis.progress import format_duration
+from jaxvis.progress import Progress
 
 TARGET_HELP = (
     "what to explain: class:281 (a logit; needs a model with a head), "
@@ -36,10 +35,6 @@ OVERWRITE_HELP = (
     "start OUT over instead of resuming it: the new file is built in OUT.new and replaces "
     "OUT only once complete; never touches a file that is not a jaxvis maps file"
 )
-# CLI flag -> prepare() option; only the flags given are passed, so a method refuses
-# options it does not take (e.g. --samples with gradcam).
-OPTION_FLAGS = ("samples", "noise", "steps", "baseline", "reduce", "combine", "rule")
-LOG_INTERVAL = 30.0  # s between progress lines when stderr is not a terminal
 
 
 def add_parser(
@@ -67,14 +62,14 @@ def add_parser(
     (model_options or _model_options)(p)
     p.add_argument("--layer", default=None, help="layer of CAM methods (default: the last map)")
     p.add_argument("--size", type=int, default=224, help="images are resized to SIZE x SIZE")
-    p.add_argument("--samples", type=int, help="smoothgrad: noisy samples per image")
-    p.add_argument("--noise", type=float, help="smoothgrad: noise std, relative to the range")
-    p.add_argument("--steps", type=int, help="integrated_gradients: path steps")
-    p.add_argument("--baseline", help="integrated_gradients: black, or an image file")
-    p.add_argument("--reduce", help="how channels become one map: max_abs, sum_abs or sum")
-    p.add_argument("--combine", help="smoothgrad: mean, abs or square")
-    p.add_argument("--rule", help="integrated_gradients: right, left, midpoint, trapezoid, ...")
-    p.add_argument("--seed", type=int, default=0)
+    add_option_flags(p)
+    p.add_argument(
+        "--keepdims",
+        action="store_true",
+        help="keep the channel axis: maps [N, H, W, 3] for gradient methods, [N, H, W, 1] "
+        "for CAMs (the overlay sums magnitudes over it)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of smoothgrad's noise")
     p.add_argument("--batch", type=int, default=None, help="images per chunk (default: auto)")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("--no-progress", action="store_true")
@@ -98,7 +93,7 @@ def _load_model(args: argparse.Namespace):
 def cmd_attribute(args: argparse.Namespace, model=None, load_model=None) -> None:
     """Runs ``jaxvis attribute``: ``model`` if given, else ``load_model(args)``."""
     model = model if model is not None else (load_model or _load_model)(args)
-    options = {k: getattr(args, k) for k in OPTION_FLAGS if getattr(args, k) is not None}
+    options = given_options(args)
     if isinstance(options.get("baseline"), str) and options["baseline"] != "black":
         options["baseline"] = _baseline_image(options["baseline"], args.size)
     out = attribute_files(
@@ -112,6 +107,7 @@ def cmd_attribute(args: argparse.Namespace, model=None, load_model=None) -> None
         seed=args.seed,
         batch=args.batch,
         options=options,
+        keepdims=args.keepdims,
         overwrite=args.overwrite,
         progress=not args.no_progress,
     )
@@ -130,6 +126,7 @@ def attribute_files(
     seed: int = 0,
     batch: int | None = None,
     options: Mapping[str, object] | None = None,
+    keepdims: bool = False,
     overwrite: bool = False,
     progress: bool = True,
     stream: TextIO | None = None,
@@ -139,7 +136,7 @@ def attribute_files(
     Args:
       model: a :class:`~jaxvis.models.feature_model.FeatureModel`.
       inputs: image files and folders (jaxvis/attribution/images.py).
-      method, target, layer, seed, batch, options: as for
+      method, target, layer, seed, batch, options, keepdims: as for
         :func:`jaxvis.attribution.prepare` and :func:`jaxvis.attribution.parse_target`.
       out: the maps file; resumed if it holds the same run, refused if another.
       size: image side; every image is resized to ``size`` x ``size``.
@@ -161,6 +158,7 @@ def attribute_files(
         model,
         method=method,
         layer=layer,
+        keepdims=keepdims,
         batch=batch,
         seed=seed,
         size=size,
@@ -178,18 +176,29 @@ def attribute_files(
         targets=(goal.description,) * len(listing),  # one --target for all images
     )
     with maps_file.MapsWriter(out, run, overwrite=overwrite) as writer:
-        todo = writer.todo()
-        with _Progress(len(todo), len(listing), stream=stream, enabled=progress) as shown:
-            chunks = image_files.load_chunks(listing, todo, size=size, chunk=attributor.chunk)
-            for part in chunks:
-                _attribute_chunk(attributor, goal, part, writer, stream)
-                shown.advance(len(part.indices) + len(part.failed))
+        _attribute_all(attributor, goal, writer, size=size, stream=stream, progress=progress)
         if not (writer.status == maps_file.FINISHED).any():
             raise JaxvisError(f"none of the {len(listing)} images could be attributed; see above")
         failed = int((writer.status == maps_file.FAILED).sum())
         if failed:
             _warn(stream, f"{failed} images failed; their maps are NaN, a re-run tries them again")
     return out
+
+
+def _attribute_all(attributor, goal, writer, *, size: int, stream: TextIO, progress: bool) -> None:
+    """Decodes, attributes and commits the images not done yet, a chunk at a time, with
+    the project's progress display (jaxvis/progress.py) counting images."""
+    from jaxvis.attribution import images as image_files
+
+    todo, listing = writer.todo(), writer.run.images
+    if progress and len(todo) < len(listing):
+        _note(stream, f"resuming: {len(listing) - len(todo)} of {len(listing)} images are done")
+    stage, enabled = attributor.method, progress and len(todo) > 0
+    with Progress({stage: len(todo)}, stream=stream, enabled=enabled, noun="images") as shown:
+        shown.start_layer(stage)
+        for part in image_files.load_chunks(listing, todo, size=size, chunk=attributor.chunk):
+            _attribute_chunk(attributor, goal, part, writer, stream)
+            shown.advance(stage, len(part.indices) + len(part.failed))
 
 
 def _attribute_chunk(attributor, goal, part, writer, stream: TextIO) -> None:
@@ -221,7 +230,11 @@ def _baseline_image(path: str, size: int) -> np.ndarray:
 
 
 def _warn(stream: TextIO, message: str) -> None:
-    stream.write(f"jaxvis: warning: {' '.join(message.split())}\n")
+    _note(stream, f"warning: {message}")
+
+
+def _note(stream: TextIO, message: str) -> None:
+    stream.write(f"jaxvis: {' '.join(message.split())}\n")
     stream.flush()
 
 
@@ -240,45 +253,3 @@ def cmd_export_overlays(args: argparse.Namespace) -> None:
         warn=lambda m: _warn(sys.stderr, m),
     )
     print(f"wrote {len(written)} files to {args.out}")
-
-
-class _Progress:
-    """Images done of those to do: a tqdm bar on a terminal, a line every
-    :data:`LOG_INTERVAL` seconds elsewhere (a log file must not fill with ``\\r``)."""
-
-    def __init__(self, todo: int, total: int, *, stream: TextIO, enabled: bool):
-        self.todo, self.total, self.done = todo, total, 0
-        self.stream, self.enabled = stream, enabled and todo > 0
-        self.start = self.last = time.monotonic()
-        self.bar = None
-        if enabled and todo < total:
-            self._line(f"resuming: {total - todo} of {total} images are done")
-        if self.enabled and getattr(stream, "isatty", lambda: False)():
-            self.bar = tqdm(total=todo, unit="image", file=stream, dynamic_ncols=True, leave=False)
-
-    def advance(self, n: int) -> None:
-        self.done += n
-        if self.bar is not None:
-            self.bar.update(n)
-            return
-        now = time.monotonic()
-        if self.enabled and (now - self.last >= LOG_INTERVAL):
-            self.last = now
-            rate = self.done / max(now - self.start, 1e-9)
-            eta = format_duration((self.todo - self.done) / rate) if rate else "?"
-            self._line(f"{self.done}/{self.todo} images, {rate:.3g} images/s, ETA {eta}")
-
-    def _line(self, text: str) -> None:
-        self.stream.write(f"jaxvis: {text}\n")
-        self.stream.flush()
-
-    def __enter__(self) -> _Progress:
-        return self
-
-    def __exit__(self, exc_type, *exc) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        if self.enabled:
-            word = "stopped" if exc_type is not None else "done"
-            took = format_duration(time.monotonic() - self.start)
-            self._line(f"{word}: {self.done}/{self.todo} images in {took}")

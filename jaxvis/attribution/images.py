@@ -5,7 +5,7 @@ Two passes, so that a 10,000-image run fails in seconds, not after an hour:
 1. :func:`list_images` walks the inputs (folders in sorted order, recursively, hidden
    entries skipped), reads each file's bytes once for its SHA-256 and checks its header
    with Pillow (format, size, mode, ``verify``) without decoding the pixels. The list of
-   (path, sha256) is the run's identity in the maps file (jaxvis/attribution/maps_file.py).
+   (path, sha256) is the run's identity in the maps file (jaxvis/attribution/maps_file/run.py).
 2. :func:`load_chunks` decodes and resizes only the images to do, a chunk at a time, in a
    few threads (Pillow releases the GIL while decoding), one chunk ahead of the model.
 

@@ -168,13 +168,6 @@ def program(model, spec: Spec, scorer, layer, layer_shape, keepdims, hw, group) 
     return prog
 
 
-def check_fits(model, stop_at: str, side: int, passes_at_once: int) -> None:
-    """``devices.check_fits`` for a chunk's passes, asked once per setting: it traces the
-    model, and its answer changes only with the free memory."""
-    key = ("fits", memo.model_key(model), stop_at, side, passes_at_once)
-    memo.memo(key, lambda: devices.check_fits(model, stop_at, side, passes_at_once))
-
-
 def run_chunks(
     prog: Program,
     params: Params,

@@ -106,6 +106,8 @@ _CHECKS = {
     "resize": _boolean,
     "score_batch": _positive_int,
 }
+# Every option any method takes (``jaxvis attribute`` has a flag for each).
+OPTIONS: tuple[str, ...] = tuple(_CHECKS)
 
 # Defaults: see docs/attribution.md for why each was chosen.
 _DEFAULTS: dict[str, dict[str, object]] = {
