@@ -666,3 +666,36 @@ def test_errors_without_keras_or_its_jax_backend(monkeypatch):
     monkeypatch.setitem(sys.modules, "keras", None)
     with pytest.raises(JaxvisError, match=r'pip install "jaxvis\[keras\]"'):
         from_keras(None)
+
+
+def test_tiling_max_pools_skip_reduce_window_and_match_keras():
+    """A MaxPooling2D whose windows tile its input runs as reshape-and-max, whose gradient
+    is cheap on XLA:CPU (benchmarks/README.md); an overlapping one stays Keras's own.
+    Both equal Keras's values, channels_last and channels_first."""
+    for fmt in ("channels_last", "channels_first"):
+
+        def make(fmt=fmt):
+            shape = (9, 9, 3) if fmt == "channels_last" else (3, 9, 9)
+            x = inp = keras.Input(shape)
+            x = L.Conv2D(4, 3, padding="same", data_format=fmt, name="c")(x)
+            x = L.MaxPooling2D(2, data_format=fmt, name="tiled")(x)
+            return keras.Model(inp, L.MaxPooling2D(3, 2, data_format=fmt, name="overlap")(x))
+
+        km = build(make)
+        fm = from_keras(km)
+        x = images(2, 9)
+        first = fmt == "channels_first"
+        fed = x.transpose(0, 3, 1, 2) if first else x
+        names = ("tiled", "overlap")
+        refs = keras_outputs(km.input, [km.get_layer(n).output for n in names], fed)
+        acts = fm.features(x, "overlap")
+        for name, ref in zip(names, refs, strict=True):
+            assert rel_err(acts[name], ref.transpose(0, 2, 3, 1) if first else ref) <= TOL
+
+        def tiled_sum(im, fm=fm):
+            return fm.apply(fm.params, im, "tiled")["tiled"].sum()
+
+        grad = str(jax.make_jaxpr(jax.grad(tiled_sum))(jnp.asarray(x)))
+        assert "reduce_window" not in grad and "select_and_scatter" not in grad
+        full = str(jax.make_jaxpr(lambda im, fm=fm: fm.apply(fm.params, im, "overlap"))(x))
+        assert "reduce_window" in full  # the overlapping pool: Keras's own op

@@ -246,7 +246,8 @@ class Walk:
                 x = args[0]
                 return _taps.guided_relu(x.astype(getattr(op, "compute_dtype", x.dtype)))
             if act is None:
-                return op(*args, **kwargs)
+                pooled = _tiled_max_pool(op, args)
+                return op(*args, **kwargs) if pooled is None else pooled
             with _linear(op):
                 pre = op(*args, **kwargs)
         except (JaxvisError, Stopped):
@@ -268,6 +269,28 @@ class Walk:
             self.acts[name] = (jnp.transpose(raw, _TO_LAST) if first else raw).astype(jnp.float32)
         self.seen.append(Seen(name, op, shape, layout))
         return raw
+
+
+def _tiled_max_pool(op, args) -> Array | None:
+    """A ``MaxPooling2D`` whose windows tile the input (pool size = strides, 'valid') as a
+    reshape and max, or None for any other op. Same values as Keras's ``reduce_window``,
+    but its gradient is much cheaper on XLA:CPU (benchmarks/README.md, "max-pool
+    gradient"), and activation maximization differentiates through every pool."""
+    import keras
+
+    if not isinstance(op, keras.layers.MaxPooling2D) or len(args) != 1:
+        return None
+    (ph, pw), (sh, sw) = tuple(op.pool_size), tuple(op.strides)
+    if (ph, pw) != (sh, sw) or op.padding != "valid":
+        return None
+    x = args[0]
+    if op.data_format == FIRST:
+        n, c, h, w = x.shape
+        x = x[:, :, : h // ph * ph, : w // pw * pw]
+        return x.reshape(n, c, h // ph, ph, w // pw, pw).max(axis=(3, 5))
+    n, h, w, c = x.shape
+    x = x[:, : h // ph * ph, : w // pw * pw]
+    return x.reshape(n, h // ph, ph, w // pw, pw, c).max(axis=(2, 4))
 
 
 def operations(graph, prefix: str = ""):
