@@ -35,17 +35,8 @@ import numpy as np
 from benchmarks import env, flops, options
 from benchmarks.report import print_table, write_results
 from benchmarks.timing import median
+from jaxvis.attribution.specs import METHODS
 
-METHODS = (
-    "gradient",
-    "smoothgrad",
-    "integrated_gradients",
-    "gradcam",
-    "gradcam++",
-    "scorecam",
-    "guided_backprop",
-    "guided_gradcam",
-)
 MODES = {
     "tiny": {
         "size": 32,

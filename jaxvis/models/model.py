@@ -98,15 +98,7 @@ def _alexnet_random(seed: int) -> dict:
 def _alexnet_weights(weights: str | None, seed: int) -> tuple[dict, WeightsInfo]:
     """``(params, info)`` for ``"imagenet"`` or ``None``/``"random"``."""
     if weights is None or weights == "random":
-        info = WeightsInfo(
-            source="random",
-            sha256="",
-            preprocessing="torchvision",
-            has_head=False,
-            trained=False,
-            seed=seed,
-        )
-        return _alexnet_random(seed), info
+        return _alexnet_random(seed), _weights.random_info(seed)
     if weights == "imagenet":
         path = torchvision_ckpt.locate("alexnet")
         params, digest = torchvision_ckpt.load(path, "alexnet")

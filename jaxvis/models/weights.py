@@ -18,7 +18,7 @@ from jaxvis.models import torchvision_ckpt
 from jaxvis.models.vgg16 import FEATURE_LAYERS, HEAD_LAYERS
 from jaxvis.models.weights_info import WeightsInfo
 
-__all__ = ["WeightsInfo", "load", "random_params"]
+__all__ = ["WeightsInfo", "load", "random_info", "random_params"]
 
 
 def random_params(seed: int = 0, head: bool = False) -> dict:
@@ -47,18 +47,22 @@ def random_params(seed: int = 0, head: bool = False) -> dict:
     return params
 
 
+def random_info(seed: int) -> WeightsInfo:
+    """The provenance of random (He-initialised, untrained) weights of a built-in model."""
+    return WeightsInfo(
+        source="random",
+        sha256="",
+        preprocessing="torchvision",
+        has_head=False,
+        trained=False,
+        seed=seed,
+    )
+
+
 def load(weights: str | os.PathLike | None, seed: int = 0) -> tuple[dict, WeightsInfo]:
     """Loads ``(params, info)`` for a weights spec: "imagenet", None/"random" or a path."""
     if weights is None or weights == "random":
-        info = WeightsInfo(
-            source="random",
-            sha256="",
-            preprocessing="torchvision",
-            has_head=False,
-            trained=False,
-            seed=seed,
-        )
-        return random_params(seed), info
+        return random_params(seed), random_info(seed)
     if weights == "imagenet":
         path = torchvision_ckpt.locate()
         params, digest = torchvision_ckpt.load(path)
