@@ -101,6 +101,12 @@ def _use_compile_cache(enabled: bool) -> None:
 
 
 def cmd_atlas(args: argparse.Namespace) -> None:
+    from jaxvis import cluster
+
+    explicit = (args.coordinator, args.num_processes, args.process_id)
+    if not args.distributed and any(v is not None for v in explicit):
+        raise JaxvisError("--coordinator, --num-processes and --process-id need --distributed")
+    joined = _join(args) if args.distributed else cluster.SINGLE  # before jax uses a device
     import jax.numpy as jnp
 
     _use_compile_cache(not args.no_compile_cache)
@@ -121,8 +127,37 @@ def cmd_atlas(args: argparse.Namespace) -> None:
         overwrite=args.overwrite,
         progress=not args.no_progress,
         snapshots=args.snapshots,
+        cluster=joined,
+        peer_timeout=args.peer_timeout,
     )
-    print(out)
+    if joined.is_writer:
+        print(out)
+    else:
+        print(f"{out} ({joined.describe()}; process 0 merges it into {args.out})")
+
+
+# What every process of a distributed run must agree on: all that picks units or pictures.
+_SHARED_SETTINGS = (
+    "layers", "filters", "out", "size", "steps", "preset", "model", "weights", "preprocess",
+    "seed", "dtype", "snapshots",
+)  # fmt: skip
+
+
+def _join(args: argparse.Namespace):
+    from jaxvis import cluster
+
+    if args.peer_timeout <= 0:
+        raise JaxvisError(
+            f"--peer-timeout must be a positive number of seconds; got {args.peer_timeout:g}"
+        )
+    digest = cluster.command_digest({k: getattr(args, k) for k in _SHARED_SETTINGS})
+    return cluster.join(
+        digest,
+        coordinator=args.coordinator,
+        num_processes=args.num_processes,
+        process_id=args.process_id,
+        timeout=args.peer_timeout,
+    )
 
 
 def _attribution_model(args: argparse.Namespace):
@@ -228,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not keep compiled programs in ~/.cache/jaxvis/xla for later runs",
     )
+    _add_distributed_options(p)
     p.set_defaults(func=cmd_atlas)
 
     from jaxvis.attribution import command as attribution
@@ -288,6 +324,27 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--no-progress", action="store_true")
     f.set_defaults(func=cmd_weights_fetch)
     return parser
+
+
+def _add_distributed_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help="one of several processes (jax.distributed; found from SLURM, Open MPI or a TPU "
+        "pod, or from the three options below): each computes a share of the units and "
+        "process 0 writes OUT (docs/scaling-out.md)",
+    )
+    p.add_argument("--coordinator", default=None, metavar="HOST:PORT", help="process 0's address")
+    p.add_argument("--num-processes", type=int, default=None, metavar="N")
+    p.add_argument("--process-id", type=int, default=None, metavar="I", help="0 to N-1")
+    p.add_argument(
+        "--peer-timeout",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="how long to wait for the other processes to join, and for a silent one to beat "
+        "again, before stopping with one line (default 120)",
+    )
 
 
 def _exit_on_signal(signum: int, frame) -> None:

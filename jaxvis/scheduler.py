@@ -8,16 +8,24 @@ next starts, so that a crash loses at most the chunk in flight.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import os
+import time
 from collections.abc import Mapping, Sequence
 
 import jax
 import numpy as np
 
-from jaxvis import devices, engine, presets
-from jaxvis.atlas import AtlasWriter
+from jaxvis import devices, engine, parts, presets
+from jaxvis.atlas import AtlasWriter, open_atlas
+from jaxvis.cluster import SINGLE, Cluster, share
 from jaxvis.errors import JaxvisError
+from jaxvis.heartbeat import BEAT_SECONDS, Heartbeat, Watch
 from jaxvis.models.feature_model import FeatureModel
 from jaxvis.progress import Progress
+
+_POLL_SECONDS = 0.5
 
 
 def run_identity(model: FeatureModel, recipe: presets.Recipe, *, seed: int) -> dict[str, object]:
@@ -47,6 +55,8 @@ def generate_atlas(
     overwrite: bool = False,
     progress: bool = True,
     snapshots: int | None = None,
+    cluster: Cluster = SINGLE,
+    peer_timeout: float = 120.0,
 ) -> str:
     """Writes (or resumes) an atlas of ``{layer: filters}`` to ``out``.
 
@@ -58,8 +68,15 @@ def generate_atlas(
     per layer (docs/atlas-format.md, "Snapshots"); a layer whose rows were written with
     another K, or without snapshots, is refused.
 
+    In a run of several processes (``cluster`` from :func:`jaxvis.cluster.join`; see
+    docs/scaling-out.md) each process computes its share of the units
+    (:func:`jaxvis.cluster.share`). Process 0 writes ``out`` and merges the others' part
+    files into it (jaxvis/parts.py); it stops with one line if a process whose share is
+    unfinished shows no heartbeat for ``peer_timeout`` seconds. Left-over parts of an
+    earlier run are merged by any run of process 0, a single-process run included.
+
     Returns:
-      ``out``.
+      The file this process wrote: ``out``, or its part file.
     """
     config = presets.get(preset)
     size = model.check_size(size)
@@ -67,6 +84,11 @@ def generate_atlas(
     wanted = {layer: _check_layer_filters(model, layer, f) for layer, f in layers.items()}
     if not wanted:
         raise JaxvisError("no layers given; name at least one layer")
+    if overwrite and cluster.num_processes > 1:
+        raise JaxvisError(
+            "--overwrite cannot be combined with --distributed; delete the atlas and its "
+            ".parts folder, or choose another --out"
+        )
     programs = {}
     for layer, units in wanted.items():
         model.check_runs(layer, size)
@@ -77,38 +99,169 @@ def generate_atlas(
         )
     first = next(iter(programs.values())).ascent.recipe
     every = engine.check_snapshots(snapshots, first.steps)
-    provenance = {**run_identity(model, first, seed=seed), "device_kind": _device_kind()}
+    provenance = {**run_identity(model, first, seed=seed), "device_kind": _device_kind(cluster)}
+    run = _Run(model, programs, wanted, size, seed, batch, snapshots, every, progress, cluster)
+    if not cluster.is_writer:
+        return _write_part(run, out, provenance, peer_timeout)
     with AtlasWriter(out, provenance=provenance, overwrite=overwrite) as writer:
+        run.request(writer)
+        parts.merge(out, writer, provenance)  # what earlier runs' processes left
+        if cluster.num_processes == 1:
+            run.compute(writer, {la: writer.done(la) for la in wanted})
+            if parts.part_files(out):
+                parts.remove(out)
+            return out
+        os.makedirs(parts.folder(out), exist_ok=True)
+        with Heartbeat(parts.heartbeat_path(out, 0)):
+            merge = functools.partial(parts.merge, out, writer, provenance)
+            run.compute(writer, {la: writer.done(la) for la in wanted}, after_chunk=merge)
+            _wait_for_parts(run, out, writer, merge, peer_timeout)
+    parts.remove(out)
+    return out
+
+
+@dataclasses.dataclass
+class _Run:
+    """What one process computes: the checked request, its programs and settings."""
+
+    model: FeatureModel
+    programs: dict
+    wanted: dict
+    size: int
+    seed: int
+    batch: int | None
+    snapshots: int | None
+    every: int
+    progress: bool
+    cluster: Cluster
+
+    def request(self, writer: AtlasWriter, units: Mapping | None = None) -> None:
+        """Records the request (``units``, by default all wanted) and each layer's
+        objective, output kind and snapshot spacing in ``writer``'s file."""
         writer.request(
-            wanted,
-            num_filters={la: model.num_filters(la) for la in wanted},
-            objectives={la: p.ascent.recipe.objective.description for la, p in programs.items()},
-            outputs={la: model.output_kind(la, size) for la in wanted},
-            snapshot_every={la: every for la in wanted},
+            units or self.wanted,
+            num_filters={la: self.model.num_filters(la) for la in self.wanted},
+            objectives={
+                la: p.ascent.recipe.objective.description for la, p in self.programs.items()
+            },
+            outputs={la: self.model.output_kind(la, self.size) for la in self.wanted},
+            snapshot_every={la: self.every for la in self.wanted},
         )
-        todo = {la: _not_done(units, writer.done(la)) for la, units in wanted.items()}
+
+    def shares(self) -> dict[str, list[int]]:
+        return {la: share(units, self.cluster) for la, units in self.wanted.items()}
+
+    def compute(self, writer: AtlasWriter, done: Mapping, after_chunk=None) -> None:
+        """Runs this process's units not in ``done`` and writes each chunk to ``writer``
+        as it comes; ``after_chunk()`` runs after each write."""
+        todo = {
+            la: _not_done(np.array(units), done.get(la, set()))
+            for la, units in self.shares().items()
+        }
         # ETA weights: one lowering per layer (no compile), so only when progress is shown.
-        shown = [la for la, units in todo.items() if len(units)] if progress else []
-        costs = {la: programs[la].step_flops(model.params) for la in shown}
-        with Progress({la: len(u) for la, u in todo.items()}, enabled=progress, costs=costs) as bar:
+        shown = [la for la, units in todo.items() if len(units)] if self.progress else []
+        costs = {la: self.programs[la].step_flops(self.model.params) for la in shown}
+        sizes = {la: len(u) for la, u in todo.items()}
+        with Progress(sizes, enabled=self.progress, costs=costs) as bar:
             for layer, units in todo.items():
                 bar.start_layer(layer)
                 if not len(units):
                     continue
-                parts = engine.chunks(
-                    model,
-                    programs[layer],
+                for chunk in engine.chunks(
+                    self.model,
+                    self.programs[layer],
                     layer,
                     units,
-                    size=size,
-                    seed=seed,
-                    batch=batch,
-                    snapshots=snapshots,
-                )
-                for chunk in parts:
+                    size=self.size,
+                    seed=self.seed,
+                    batch=self.batch,
+                    snapshots=self.snapshots,
+                ):
                     writer.write_chunk(layer, chunk)
                     bar.advance(layer, chunk.units)
-    return out
+                    if after_chunk is not None:
+                        after_chunk()
+
+
+def _write_part(run: _Run, out: str, provenance: dict, peer_timeout: float) -> str:
+    """A process other than 0: its share into its part file, then a check that process 0
+    is still there to merge it."""
+    pid = run.cluster.process_id
+    path = parts.part_path(out, pid)
+    os.makedirs(parts.folder(out), exist_ok=True)
+    done = _done_in_atlas(out, provenance)
+    for layer, units in parts.done_in_parts(out, provenance, skip=None).items():
+        done.setdefault(layer, set()).update(units)
+    watch = Watch({0: parts.heartbeat_path(out, 0)}, peer_timeout)
+    with (
+        Heartbeat(parts.heartbeat_path(out, pid)),
+        AtlasWriter(path, provenance=provenance) as part,
+    ):
+        run.request(part, run.shares())
+        run.compute(part, done, after_chunk=lambda: _check_peers(watch, [0], run.cluster, out))
+    _check_writer_alive(out, run.cluster)
+    return path
+
+
+def _done_in_atlas(out: str, provenance: dict) -> dict[str, set[int]]:
+    """Units the atlas at ``out`` already holds, read-only (process 0 writes it)."""
+    if not os.path.exists(out):
+        return {}
+    with open_atlas(out) as atlas:
+        parts.check_same(out, atlas.provenance, provenance)
+        return {la: set(atlas[la].filters.tolist()) | set(atlas[la].failed) for la in atlas.layers}
+
+
+def _wait_for_parts(run: _Run, out: str, writer: AtlasWriter, merge, peer_timeout: float) -> None:
+    """Process 0, its own share done: merges the others' parts until the atlas holds every
+    requested unit, or stops with one line if an unfinished process has stopped."""
+    others = range(1, run.cluster.num_processes)
+    watch = Watch({p: parts.heartbeat_path(out, p) for p in others}, peer_timeout)
+    owners = {la: dict(_owners(units, run.cluster)) for la, units in run.wanted.items()}
+    while True:
+        merge()
+        missing = {
+            owners[la][u] for la, units in run.wanted.items() for u in units.tolist()
+            if u not in writer.done(la)
+        }  # fmt: skip
+        if not missing:
+            return
+        _check_peers(watch, sorted(missing), run.cluster, out)
+        time.sleep(_POLL_SECONDS)
+
+
+def _owners(units: np.ndarray, cluster: Cluster):
+    """(unit, the process whose share it is) for each unit."""
+    for p in range(cluster.num_processes):
+        for u in share(units, Cluster(p, cluster.num_processes)):
+            yield u, p
+
+
+def _check_peers(watch: Watch, processes, cluster: Cluster, out: str) -> None:
+    stopped = watch.stopped(processes)
+    if stopped:
+        names = ", ".join(str(p) for p in stopped)
+        raise JaxvisError(
+            f"process {names} of {cluster.num_processes} stopped (no heartbeat in "
+            f"{parts.folder(out)} for {watch.timeout:g} s) before finishing its share; what "
+            "every process committed is kept: run the same command on every process again "
+            "to resume"
+        )
+
+
+def _check_writer_alive(out: str, cluster: Cluster) -> None:
+    """Waits a few heartbeats for process 0, which merges this process's part."""
+    watch = Watch({0: parts.heartbeat_path(out, 0)}, 0.0)
+    deadline = time.monotonic() + 4 * BEAT_SECONDS
+    while time.monotonic() < deadline:
+        if watch.changed(0):
+            return
+        time.sleep(BEAT_SECONDS / 4)
+    raise JaxvisError(
+        f"{cluster.describe()} finished its share, in {parts.part_path(out, cluster.process_id)},"
+        f" but process 0, which merges it into {out}, shows no heartbeat; run the same "
+        "command on every process again to finish the atlas"
+    )
 
 
 def _check_layer_filters(model: FeatureModel, layer: str, filters) -> np.ndarray:
@@ -125,6 +278,8 @@ def _not_done(units: np.ndarray, done: set[int]) -> np.ndarray:
     return np.array([u for u in units.tolist() if u not in done], np.int64)
 
 
-def _device_kind() -> str:
+def _device_kind(cluster: Cluster) -> str:
+    """``platform:kind xN`` (N devices), with ``, P processes`` in a distributed run."""
     device = jax.devices()[0]
-    return f"{device.platform}:{device.device_kind} x{jax.device_count()}"
+    kind = f"{device.platform}:{device.device_kind} x{jax.device_count()}"
+    return kind if cluster.num_processes == 1 else f"{kind}, {cluster.num_processes} processes"
