@@ -199,7 +199,7 @@ def _write_part(run: _Run, out: str, provenance: dict, peer_timeout: float) -> s
     ):
         run.request(part, run.shares())
         run.compute(part, done, after_chunk=lambda: _check_peers(watch, [0], run.cluster, out))
-    _check_writer_alive(out, run.cluster)
+    _check_writer_alive(run, out, provenance, peer_timeout)
     return path
 
 
@@ -249,19 +249,24 @@ def _check_peers(watch: Watch, processes, cluster: Cluster, out: str) -> None:
         )
 
 
-def _check_writer_alive(out: str, cluster: Cluster) -> None:
-    """Waits a few heartbeats for process 0, which merges this process's part."""
-    watch = Watch({0: parts.heartbeat_path(out, 0)}, 0.0)
-    deadline = time.monotonic() + 4 * BEAT_SECONDS
-    while time.monotonic() < deadline:
-        if watch.changed(0):
+def _check_writer_alive(run: _Run, out: str, provenance: dict, peer_timeout: float) -> None:
+    """Returns once process 0 shows a heartbeat (it will merge this process's part) or the
+    atlas already holds this process's whole share; stops with one line if neither
+    happens within ``peer_timeout`` seconds."""
+    watch = Watch({0: parts.heartbeat_path(out, 0)}, peer_timeout)
+    mine = run.shares()
+    while not watch.changed(0):
+        done = _done_in_atlas(out, provenance)
+        if all(set(units) <= done.get(la, set()) for la, units in mine.items()):
             return
+        if watch.stopped([0]):
+            raise JaxvisError(
+                f"{run.cluster.describe()} finished its share, in "
+                f"{parts.part_path(out, run.cluster.process_id)}, but process 0, which merges "
+                f"it into {out}, showed no heartbeat for {peer_timeout:g} s; run the same "
+                "command on every process again to finish the atlas"
+            )
         time.sleep(BEAT_SECONDS / 4)
-    raise JaxvisError(
-        f"{cluster.describe()} finished its share, in {parts.part_path(out, cluster.process_id)},"
-        f" but process 0, which merges it into {out}, shows no heartbeat; run the same "
-        "command on every process again to finish the atlas"
-    )
 
 
 def _check_layer_filters(model: FeatureModel, layer: str, filters) -> np.ndarray:

@@ -128,6 +128,10 @@ def test_two_processes_killed_then_resumed_equal_one_process(tmp_path, reference
     assert_same(got, reference[0])
     assert kinds == ["cpu:cpu x1, 2 processes"]
     assert not os.path.exists(parts.folder(str(out))), "parts left behind"
+    if victim == 1:  # the same command on the finished atlas: nothing to do, no error
+        results = [finish(p) for p in start_pair(out)]
+        assert [code for code, _, _ in results] == [0, 0], [err for _, _, err in results]
+        assert_same(contents(out)[0], reference[0])
 
 
 def test_join_timeout_is_one_line_and_bounded(tmp_path):
