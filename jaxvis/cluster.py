@@ -113,7 +113,19 @@ def join(
             _agree(cluster, digest, timeout)
         finally:  # also after a refusal: the others are refused too and meet here
             jax.distributed.shutdown()
+    _forget_cluster()
     return cluster
+
+
+def _forget_cluster() -> None:
+    """Makes this process an ordinary single-process JAX program again. jax keeps the
+    process index after ``shutdown`` and would number this process's devices from
+    ``1024 * index``; compiled programs would then differ by process and miss the
+    persistent compilation cache that other processes filled."""
+    from jax._src import distributed
+
+    distributed.global_state.process_id = 0
+    distributed.global_state.num_processes = 1
 
 
 def _check_arguments(coordinator, num_processes, process_id) -> None:
