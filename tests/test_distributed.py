@@ -241,3 +241,32 @@ def test_merge_refuses_a_part_of_another_run(tmp_path):
         part.write_chunk("c", synthetic("c", [1]), num_filters_in_layer=8)
     with AtlasWriter(out, provenance=PROV) as main, pytest.raises(JaxvisError, match="seed"):
         parts.merge(out, main, PROV)
+
+
+JOIN = """
+import sys, jax
+from jaxvis import cluster
+me = cluster.join("same", coordinator=sys.argv[1], num_processes=2, process_id=int(sys.argv[2]),
+                  timeout=30)
+print(me.process_id, me.num_processes, jax.process_index(), jax.process_count(),
+      [d.id for d in jax.devices()])
+"""
+
+
+def test_joined_processes_are_plain_single_process_jax():
+    """After the join each process numbers its devices from 0, as one process would, so
+    that every process's programs hit the same persistent compilation cache."""
+    address = f"127.0.0.1:{free_port()}"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", JOIN, address, str(i)],
+            env=env(),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for i in (0, 1)
+    ]
+    outs = [p.communicate(timeout=BOUND)[0].split(maxsplit=4) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert [o[:4] for o in outs] == [["0", "2", "0", "1"], ["1", "2", "0", "1"]]
+    assert [o[4].strip() for o in outs] == ["[0]", "[0]"]
