@@ -38,10 +38,10 @@ def env() -> dict:
     return {**os.environ, "JAX_NUM_CPU_DEVICES": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
 
 
-def start(out, *extra) -> subprocess.Popen:
+def start(out, *extra, environ=None) -> subprocess.Popen:
     argv = [sys.executable, "-m", "jaxvis.cli", *ATLAS, "--out", str(out), *extra]
     return subprocess.Popen(
-        argv, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        argv, env=environ or env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
 
 
@@ -50,6 +50,26 @@ def start_pair(out, timeout=15):
     flags = ["--distributed", "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2"]
     flags += ["--peer-timeout", str(timeout)]
     return [start(out, *flags, "--process-id", str(i)) for i in (0, 1)]
+
+
+def start_slurm_pair(out, timeout=15):
+    """As ``srun --ntasks=2 jaxvis atlas ... --distributed`` would: no explicit options;
+    jax finds the step from SLURM's variables (its port comes from the job id)."""
+    for job in range(1000, 5096):  # jax takes port 61440 + job % 4096
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", 61440 + job % 4096))
+            except OSError:
+                continue
+        break
+    step = {"SLURM_JOB_ID": str(job), "SLURM_STEP_NODELIST": "localhost", "SLURM_NTASKS": "2"}
+    flags = ["--distributed", "--peer-timeout", str(timeout)]
+    return [
+        start(
+            out, *flags, environ={**env(), **step, "SLURM_PROCID": str(i), "SLURM_LOCALID": str(i)}
+        )
+        for i in (0, 1)
+    ]
 
 
 def finish(proc) -> tuple[int, str, str]:
@@ -122,7 +142,8 @@ def test_two_processes_killed_then_resumed_equal_one_process(tmp_path, reference
     assert f"process {victim}" in lines[0]
     assert waited < 15 + 30, f"the survivor took {waited:.0f} s to stop"
 
-    results = [finish(p) for p in start_pair(out)]  # the resume
+    resume = start_pair if victim == 1 else start_slurm_pair
+    results = [finish(p) for p in resume(out)]
     assert [code for code, _, _ in results] == [0, 0], [err for _, _, err in results]
     got, kinds = contents(out)
     assert_same(got, reference[0])
