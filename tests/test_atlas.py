@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import pytest
 from chunks import make_chunk
 
 from jaxvis.atlas import AtlasWriter, open_atlas
+from jaxvis.atlas import commit as commit_mod
 from jaxvis.errors import JaxvisError
 
 WEIGHTS = {
@@ -116,7 +118,7 @@ def test_plain_h5py_layout(tmp_path):
     path = tmp_path / "a.h5"
     write(path, "conv1", [0, 2], failed={1: "boom"})
     with h5py.File(path, "r") as f:
-        assert f.attrs["format"] == "jaxvis-atlas" and f.attrs["format_version"] == 2
+        assert f.attrs["format"] == "jaxvis-atlas" and f.attrs["format_version"] == 3
         assert not f.attrs["weights_trained"]
         assert json.loads(f.attrs["config"])["preset"] == "lucid"
         for key in (
@@ -130,12 +132,14 @@ def test_plain_h5py_layout(tmp_path):
         ):
             assert key in f.attrs
         g = f["conv1"]
-        assert g["images"].dtype == np.uint8 and g["images"].shape == (2, 8, 8, 3)
-        assert g["images"].chunks == (1, 8, 8, 3)
+        rows, failed, chunks = g["committed"][:]  # version 3: rows past these are not data
+        assert (rows, failed, chunks) == (2, 1, 1) and g["committed"].dtype == np.int64
+        assert g["images"].dtype == np.uint8 and g["images"][:rows].shape == (2, 8, 8, 3)
+        assert g["images"].shape[0] >= rows and g["images"].chunks == (1, 8, 8, 3)
         assert g["filters"].dtype == np.int32 and g["objective"].dtype == np.float32
-        assert g["history"].shape == (2, 3)
-        assert list(g["failed_filters"]) == [1]
-        assert g["failed_messages"].asstr()[0] == "boom"
+        assert list(g["filters"][:rows]) == [0, 2] and g["history"][:rows].shape == (2, 3)
+        assert list(g["failed_filters"][:failed]) == [1]
+        assert g["failed_messages"].asstr()[:failed][0] == "boom"
         assert g.attrs["num_filters_in_layer"] == 16
 
 
@@ -246,10 +250,10 @@ def test_newer_format_version_refused(tmp_path):
     path = tmp_path / "a.h5"
     write(path, "conv1", [0])
     with h5py.File(path, "r+") as f:
-        f.attrs["format_version"] = 3
+        f.attrs["format_version"] = 4
     before = fingerprint(path)
     for attempt in (lambda: open_atlas(path), lambda: AtlasWriter(path, provenance=PROV)):
-        with pytest.raises(JaxvisError, match="format_version 3; this jaxvis reads"):
+        with pytest.raises(JaxvisError, match="format_version 4; this jaxvis reads"):
             attempt()
     assert fingerprint(path) == before
 
@@ -310,17 +314,151 @@ def test_reader_does_not_import_jax(tmp_path):
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+# --- in-place commits (format 3) ---------------------------------------------------------
+
+
+def test_capacity_grows_geometrically_and_total_io_is_linear(tmp_path, monkeypatch):
+    """Without a request, a layer's capacity doubles: log2(N) snapshot copies, and the
+    bytes copied plus the bytes pwritten stay within a few times the final file."""
+    copied, written = [], []
+    real_copy, real_pwrite = shutil.copyfile, commit_mod.pwrite
+
+    def copy(src, dst):
+        copied.append(os.path.getsize(src))
+        return real_copy(src, dst)
+
+    def pwrite(fd, data, offset):
+        written.append(len(data))
+        real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(shutil, "copyfile", copy)
+    monkeypatch.setattr(commit_mod, "pwrite", pwrite)
+    path, n = tmp_path / "a.h5", 64
+    capacities = []
+    with AtlasWriter(path, provenance=PROV) as w:
+        for f in range(n):
+            rows = make_chunk("c", [f], *chunk([f], size=64), seconds=0)
+            w.write_chunk("c", rows, num_filters_in_layer=n)
+            with h5py.File(path, "r") as h:
+                capacities.append(h["c/images"].shape[0])
+    assert sorted(set(capacities)) == [1, 2, 4, 8, 16, 32, 64]
+    assert len(copied) == 7  # creation is fresh; the first chunk's room, then 6 doublings
+    size = os.path.getsize(path)
+    # A copy per commit would copy about n / 2 = 32 times the file.
+    assert sum(copied) <= 3 * size and sum(written) <= 1.2 * size
+    with open_atlas(path) as atlas:
+        np.testing.assert_array_equal(atlas["c"].filters, range(n))
+        np.testing.assert_array_equal(atlas["c"].images[:], chunk(range(n), size=64)[0])
+
+
+def test_a_request_allocates_once(tmp_path, monkeypatch):
+    copied = []
+    real_copy = shutil.copyfile
+    monkeypatch.setattr(shutil, "copyfile", lambda a, b: copied.append(a) or real_copy(a, b))
+    path = tmp_path / "a.h5"
+    with AtlasWriter(path, provenance=PROV) as w:
+        w.request({"c": range(32), "d": range(8)}, num_filters={"c": 32, "d": 8})
+        for f in range(0, 32, 2):
+            w.write_chunk("c", make_chunk("c", [f, f + 1], *chunk([f, f + 1]), seconds=0))
+        w.write_chunk("d", make_chunk("d", [0], *chunk([0]), seconds=0))
+    assert len(copied) == 2  # the request, then the first chunk's room for c and d
+    with AtlasWriter(path, provenance=PROV) as w:  # a resume: pictures' shape now known
+        w.request({"e": range(4)}, num_filters={"e": 4})
+        w.write_chunk("e", make_chunk("e", [0, 1, 2, 3], *chunk([0, 1, 2, 3]), seconds=0))
+    assert len(copied) == 3
+    with open_atlas(path) as atlas:
+        assert [len(atlas[la]) for la in ("c", "d", "e")] == [32, 1, 4]
+
+
+def test_a_new_device_kind_takes_one_snapshot_and_no_room(tmp_path):
+    path = tmp_path / "a.h5"
+    with AtlasWriter(path, provenance=PROV) as w:
+        w.request({"c": range(8)}, num_filters={"c": 16})  # capacity 8 of 16
+        w.write_chunk("c", make_chunk("c", [0, 1], *chunk([0, 1]), seconds=0))
+    size = os.path.getsize(path)
+    with AtlasWriter(path, provenance={**PROV, "device_kind": "gpu"}) as w:
+        for f in range(2, 8, 2):
+            w.write_chunk("c", make_chunk("c", [f, f + 1], *chunk([f, f + 1]), seconds=0))
+    assert os.path.getsize(path) == size  # the layer had room: not grown
+    with open_atlas(path) as atlas:
+        assert atlas.provenance["device_kinds"] == ["cpu", "gpu"] and len(atlas["c"]) == 8
+
+
+def test_reader_during_a_write_sees_only_committed_rows(tmp_path, monkeypatch):
+    path = tmp_path / "a.h5"
+    seen = []
+    real_record = commit_mod.write_record
+
+    def record(fd, offset, counts):  # rows written and fsynced, the record not yet
+        with open_atlas(path) as atlas:
+            view = atlas["c"]
+            seen.append((view.filters.tolist(), view.images[:].copy(), len(view.images)))
+        real_record(fd, offset, counts)
+
+    with AtlasWriter(path, provenance=PROV) as w:
+        w.request({"c": range(8)}, num_filters={"c": 16})
+        w.write_chunk("c", make_chunk("c", [0, 1], *chunk([0, 1]), seconds=0))
+        early = open_atlas(path)  # open while the next chunk is written
+        assert len(early["c"]) == 2
+        monkeypatch.setattr(commit_mod, "write_record", record)
+        w.write_chunk("c", make_chunk("c", [2, 3], *chunk([2, 3]), seconds=0))
+        assert len(early["c"]) == 4  # a reader open all along sees each commit whole
+        np.testing.assert_array_equal(early["c"].images[2:4], chunk([2, 3])[0])
+        early.close()
+    assert seen[0][0] == [0, 1] and seen[0][2] == 2
+    np.testing.assert_array_equal(seen[0][1], chunk([0, 1])[0])
+
+
+class Killed(BaseException):
+    """Stands in for a SIGKILL between a chunk's rows and its commit record."""
+
+
+def test_resume_after_a_kill_between_rows_and_commit_rewrites_them(tmp_path, monkeypatch):
+    path = tmp_path / "a.h5"
+    with AtlasWriter(path, provenance=PROV) as w:
+        w.request({"c": range(8)}, num_filters={"c": 16})
+        w.write_chunk("c", make_chunk("c", [0, 1], *chunk([0, 1]), seconds=0))
+
+    def killed(fd, offset, counts):
+        raise Killed
+
+    monkeypatch.setattr(commit_mod, "write_record", killed)
+    with pytest.raises(Killed), AtlasWriter(path, provenance=PROV) as w:
+        w.write_chunk("c", make_chunk("c", [2, 3], *chunk([2, 3]), seconds=0))
+    with h5py.File(path, "r") as f:  # the rows are on disk, past the record
+        assert list(f["c/committed"]) == [2, 0, 1]
+        np.testing.assert_array_equal(f["c/images"][2:4], chunk([2, 3])[0])
+    with open_atlas(path) as atlas:
+        assert atlas["c"].filters.tolist() == [0, 1] and len(atlas["c"].seconds) == 1
+    monkeypatch.undo()
+    with AtlasWriter(path, provenance=PROV) as w:
+        assert w.done("c") == {0, 1}
+        w.write_chunk("c", make_chunk("c", [5], *chunk([5]), seconds=0, failed={4: "nan"}))
+    with open_atlas(path) as atlas:
+        view = atlas["c"]
+        assert view.filters.tolist() == [0, 1, 5] and view.failed == {4: "nan"}
+        np.testing.assert_array_equal(view.images[:], chunk([0, 1, 5])[0])
+
+
+def test_long_failure_messages_are_cut_at_a_character(tmp_path):
+    path = tmp_path / "a.h5"
+    message = "é" * 150  # 300 bytes of UTF-8
+    write(path, "c", [0], failed={1: message})
+    with open_atlas(path) as atlas:
+        assert atlas["c"].failed == {1: "é" * 100}
+
+
 # --- kill test --------------------------------------------------------------------------
 
 HELPER = """
 import os, shutil, signal, sys
 import numpy as np
-import jaxvis.atlas.writer as writer_mod
+import jaxvis.atlas.commit as commit_mod
 from jaxvis.atlas import AtlasWriter
 from jaxvis.chunk import Chunk
 
 PROV = {prov!r}
-SIZE, STEPS, N, CHUNK = 96, 16, 96, 4
+SIZE, STEPS, N, CHUNK = 96, 16, 96, 2
 path, kill_at = sys.argv[1], sys.argv[2]
 
 def die():
@@ -351,13 +489,28 @@ def replace(src, dst):
 def fsync(fd):
     hit("fsync")
     real_fsync(fd)
-real_append = writer_mod._append
-def append(group, name, rows):
-    real_append(group, name, rows)
-    if name == "images":
-        hit("append")
+# Points of an in-place commit: a row pwrite half done; rows written, not yet fsynced;
+# rows fsynced, before the record; the record torn (its first field only); the record
+# written, before its fsync; and right after write_chunk returned ("chunk").
+real_pwrite, real_rows = commit_mod.pwrite, commit_mod.write_rows
+real_record = commit_mod.write_record
+def pwrite(fd, data, offset):
+    if point == "pwrite" and hits[0] + 1 == int(nth):
+        real_pwrite(fd, data[: len(data) // 2], offset)
+    hit("pwrite")
+    real_pwrite(fd, data, offset)
+def write_rows(fd, writes):
+    real_rows(fd, writes)
+    hit("rows")
+def write_record(fd, offset, counts):
+    hit("unrecorded")
+    if point == "torn" and hits[0] + 1 == int(nth):
+        os.pwrite(fd, np.array(counts, "<i8").tobytes()[:8], offset)
+    hit("torn")
+    real_record(fd, offset, counts)
+    hit("record")
 shutil.copyfile, os.replace, os.fsync = copy_half_then, replace, fsync
-writer_mod._append = append
+commit_mod.pwrite, commit_mod.write_rows, commit_mod.write_record = pwrite, write_rows, write_record
 
 def data(layer, filters):
     rows = [np.random.default_rng([ord(layer[-1]), f]) for f in filters]
@@ -375,6 +528,7 @@ with AtlasWriter(path, provenance=PROV) as w:
             images, objective, history = data(layer, ok)
             part = Chunk(layer, np.array(ok, int), images, objective, history, failed, 0.0, 0.0)
             w.write_chunk(layer, part, num_filters_in_layer=N)
+            hit("chunk")
             print("chunk", flush=True)
 print("finished", flush=True)
 """
@@ -401,6 +555,23 @@ def _assert_same(got, want):
         assert failed == want[name][4]
 
 
+def _past_commit(path):
+    """``{layer: (rows committed, every image row of the capacity)}``, raw via h5py."""
+    with h5py.File(path, "r") as f:
+        return {name: (int(g["committed"][0]), g["images"][()]) for name, g in f.items()}
+
+
+def _uncommitted_changed(path, before):
+    """Whether image rows past the commit record differ from what the same rows held
+    before the run: a kill after rows were written, before they were committed."""
+    for name, (rows, images) in _past_commit(path).items():
+        old = before.get(name, (0, np.zeros((0, *images.shape[1:]), np.uint8)))[1]
+        old = np.concatenate([old, np.zeros((len(images) - len(old), *old.shape[1:]), np.uint8)])
+        if not np.array_equal(images[rows:], old[rows : len(images)]):
+            return True
+    return False
+
+
 def test_sigkill_at_any_moment_then_resume_equals_uninterrupted(tmp_path):
     script = tmp_path / "helper.py"
     script.write_text(HELPER.format(prov=PROV))
@@ -420,9 +591,12 @@ def test_sigkill_at_any_moment_then_resume_equals_uninterrupted(tmp_path):
     assert len(want["la"][0]) == 82 and len(want["la"][4]) == 14
 
     path = tmp_path / "killed.h5"
-    # Kills at chosen points of a snapshot: mid-copy, between HDF5 writes, before the
-    # rename (fsync), right after the rename; the first ones land while creating the file.
-    for kill_at in ["fsync:1", "copy:2", "append:3", "fsync:5", "replace:3", "copy:4", "append:2"]:
+    # Kills at chosen points of a snapshot (creation, capacity growth): mid-copy, before
+    # the rename (fsync), right after the rename; the first ones land while creating the
+    # file. Then at points of an in-place commit (see HELPER).
+    points = ["fsync:1", "copy:2", "rows:3", "fsync:5", "replace:3", "copy:4", "rows:2"]
+    points += ["pwrite:5", "unrecorded:2", "torn:2", "record:3", "chunk:2"]
+    for kill_at in points:
         proc = start(path, kill_at)
         proc.communicate()
         assert proc.returncode == -signal.SIGKILL, kill_at
@@ -431,6 +605,7 @@ def test_sigkill_at_any_moment_then_resume_equals_uninterrupted(tmp_path):
     # Kills at random moments while chunks are being written.
     rng = random.Random(1234)
     mid_write = 0
+    before = _past_commit(path)
     for _ in range(10):
         proc = start(path)
         for _ in range(rng.randrange(1, 3)):
@@ -439,11 +614,23 @@ def test_sigkill_at_any_moment_then_resume_equals_uninterrupted(tmp_path):
         time.sleep(rng.uniform(0, 0.03))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        mid_write += os.path.exists(f"{path}.tmp")
+        mid_write += os.path.exists(f"{path}.tmp") or _uncommitted_changed(path, before)
         _contents(path)
+        before = _past_commit(path)
     print("random kills mid-write:", mid_write)
-    assert mid_write >= 1, "no random kill landed while a snapshot was being written"
+    assert mid_write >= 1, "no random kill landed after rows were written, before their commit"
     proc = start(path)
     assert proc.communicate()[0].endswith("finished\n")
     _assert_same(_contents(path), want)
     assert not os.path.exists(f"{path}.tmp")
+
+
+def test_layers_are_stored_in_request_order(tmp_path):
+    """Not in a set's order, which changes with each process's hash seed: two runs of the
+    same command (or the processes of a distributed run) must list the same layers alike."""
+    path = tmp_path / "a.h5"
+    names = ["z9", "a1", "m5", "b2", "y7"]
+    with AtlasWriter(path, provenance=PROV) as w:
+        w.request({n: [0] for n in names}, num_filters={n: 4 for n in names})
+    with open_atlas(path) as atlas:
+        assert atlas.layers == names

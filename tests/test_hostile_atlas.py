@@ -7,6 +7,7 @@ the way a damaged download or a deliberately crafted file would be.
 from __future__ import annotations
 
 import hashlib
+import struct
 
 import h5py
 import numpy as np
@@ -211,19 +212,29 @@ def _images_group(f):
     f.create_group("conv1/images")
 
 
+def _redeclare(f, name, n):
+    """Replaces dataset ``name`` by one of its kind that declares ``n`` rows, its storage
+    allocated only when written (as h5py does by default), and none written."""
+    old = f[name]
+    dtype, rest, chunks = old.dtype, old.shape[1:], old.chunks
+    del f[name]
+    f.create_dataset(name, (n, *rest), dtype, chunks=chunks, maxshape=(None, *rest))
+
+
 def _all_rows_declared(f):
     """Every row dataset grown to HUGE, with no data written, and a layer that big."""
     f["conv1"].attrs["num_filters_in_layer"] = np.int32(HUGE + 1)  # + the failed filter
     for name in ("images", "filters", "objective", "history"):
-        f["conv1"][name].resize(HUGE, axis=0)
+        _redeclare(f, f"conv1/{name}", HUGE)
 
 
 def _chunk_bomb(f):
     """filters [0, 2, 3] in one gzip chunk of 32 MiB: a tiny file, a big read."""
+    old = f["conv1/filters"][()]  # the capacity, of which rows 0 to 2 are committed
     del f["conv1/filters"]
     n = 2**23
     f["conv1"].create_dataset(
-        "filters", data=np.int32([0, 2, 3]), chunks=(n,), maxshape=(None,), compression="gzip"
+        "filters", data=old, chunks=(n,), maxshape=(None,), compression="gzip"
     )
 
 
@@ -234,7 +245,7 @@ def _inflated(f):
     del f["conv1/filters"]
     f["conv1"].create_dataset("filters", data=np.zeros(n, np.int32), compression="gzip")
     for name in ("images", "objective", "history"):
-        f["conv1"][name].resize(n, axis=0)
+        _redeclare(f, f"conv1/{name}", n)
 
 
 def _unknown_filter(f):
@@ -269,7 +280,7 @@ MALFORMED = [
     pytest.param(_delete("conv1/images"), "/conv1 has filters but no images", id="no-images"),
     pytest.param(
         _replace("conv1/images", lambda old: old.astype(np.float32)),
-        "/conv1/images is float32 [3, 8, 8, 3]; expected uint8",
+        "/conv1/images is float32 [6, 8, 8, 3]; expected uint8",  # capacity 6: 0-5 requested
         id="float-images",
     ),
     pytest.param(_resize("conv1/images", 2), "/conv1/images has 2 rows", id="fewer-images"),
@@ -340,8 +351,10 @@ def test_an_error_no_check_names_is_still_one_line(tmp_path, monkeypatch):
 def test_undecodable_failure_message_is_escaped(tmp_path):
     path = write_atlas(tmp_path / "a.h5")
     with h5py.File(path, "r+") as f:
+        capacity = f["conv1/failed_filters"].shape[0]  # entry 0 is the committed one
         del f["conv1/failed_messages"]
-        f["conv1"].create_dataset("failed_messages", data=np.array([b"bad \xff\x1b[2J"], "S16"))
+        bad = np.array([b"bad \xff\x1b[2J"] * capacity, "S16")
+        f["conv1"].create_dataset("failed_messages", data=bad)
     with open_atlas(path) as atlas:
         assert atlas["conv1"].failed[1] == "bad \\xff\x1b[2J"
         with pytest.raises(JaxvisError, match="failed: bad") as e:
@@ -382,3 +395,90 @@ def test_version_1_atlas_still_opens_and_exports(tmp_path, capsys):
         "conv1_2.jpg",
         "conv1_3.jpg",
     ]
+
+
+# --- version 3: counts, raw layout ----------------------------------------------------
+
+
+def _redirect_committed(path):
+    """Points /conv1/committed's storage at /conv1/failed_filters' bytes (their first 24
+    read as counts 1, 0, 0: valid), so that a commit would write over another dataset."""
+    with h5py.File(path, "r") as f:
+        old = f["conv1/committed"].id.get_offset()
+        found = []
+        f["conv1/failed_filters"].id.chunk_iter(found.append)
+    with open(path, "rb") as fh:
+        data = fh.read()
+    layout = struct.pack("<QQ", old, 24)  # the contiguous layout message: address, size
+    assert data.count(layout) == 1
+    with open(path, "wb") as out:
+        out.write(data.replace(layout, struct.pack("<QQ", found[0].byte_offset, 24)))
+
+
+def _compressed_images(f):
+    old = f["conv1/images"][()]
+    del f["conv1/images"]
+    f["conv1"].create_dataset("images", data=old, chunks=(1, 8, 8, 3), compression="gzip")
+
+
+def _late_images(f):
+    """images whose rows get bytes only when written (h5py's default), so that a pwrite
+    would have nowhere to go."""
+    old = f["conv1/images"][()]
+    del f["conv1/images"]
+    f["conv1"].create_dataset("images", (6, 8, 8, 3), np.uint8, chunks=(1, 8, 8, 3))
+    f["conv1/images"][:3] = old[:3]
+
+
+V3_READ = [
+    pytest.param(_late_images, "/conv1/images declares 1.1 KiB but stores 576", id="late"),
+    pytest.param(
+        _set("conv1/committed", 0, 7), "committed counts 7 rows; expected 0 to 6", id="rows"
+    ),
+    pytest.param(_set("conv1/committed", 1, -1), "counts -1 failed", id="negative"),
+    pytest.param(_set("conv1/committed", 2, 99), "counts 99 chunks", id="chunks"),
+    pytest.param(
+        _delete("conv1/committed"), "has /conv1/images but no /conv1/committed", id="none"
+    ),
+    pytest.param(_compressed_images, "/conv1/images is compressed", id="compressed"),
+    pytest.param(
+        _replace("conv1/committed", lambda old: old.astype(np.float64)),
+        "expected int64 [3]",
+        id="float",
+    ),
+]
+
+
+@pytest.mark.parametrize("corrupt, match", V3_READ)
+def test_v3_bad_counts_or_storage_refused(tmp_path, capsys, corrupt, match):
+    path = _corrupted(tmp_path, corrupt)
+    before = digest(path)
+    for attempt in (lambda: open_atlas(path), lambda: AtlasWriter(path, provenance=PROV)):
+        with pytest.raises(JaxvisError) as e:
+            attempt()
+        assert match in str(e.value) and "\n" not in str(e.value), str(e.value)
+    code, _, err = run_cli(capsys, "info", path)
+    assert_one_line(code, err, match)
+    assert digest(path) == before
+
+
+@pytest.mark.parametrize(
+    "corrupt, match",
+    [
+        pytest.param(
+            _redirect_committed,
+            "data of /conv1/committed and /conv1/failed_filters overlap",
+            id="overlap",
+        ),
+    ],
+)
+def test_v3_raw_layout_checked_before_a_resume_writes(tmp_path, corrupt, match):
+    path = write_atlas(tmp_path / "a.h5")
+    corrupt(path)
+    before = digest(path)
+    with open_atlas(path) as atlas:  # reading is safe: only the writer's pwrite is not
+        assert len(atlas["conv1"]) <= 3
+    with pytest.raises(JaxvisError) as e:
+        AtlasWriter(path, provenance=PROV)
+    assert match in str(e.value) and "\n" not in str(e.value), str(e.value)
+    assert digest(path) == before

@@ -1,34 +1,15 @@
-"""Checks of one chunk of an atlas: before it is written (shapes, dtypes, ranges, no
-filter twice) and after (the rows read back from the snapshot equal those written)."""
+"""Checks of one chunk of an atlas before it is written: shapes, dtypes, ranges, no
+filter twice, snapshots alike (the read-back after it is written: jaxvis/atlas/commit.py)."""
 
 from __future__ import annotations
 
 import collections
 from collections.abc import Sequence
 
-import h5py
 import numpy as np
 
-from jaxvis.atlas import format as fmt
 from jaxvis.chunk import Chunk
 from jaxvis.errors import JaxvisError
-
-
-def verify_rows(f: h5py.File, *, layer: str, rows: dict[str, np.ndarray]) -> None:
-    """Reads back the rows a chunk just appended (``{dataset: rows}``); raises if any
-    differs from what was written (a write error HDF5 reported only as a warning at
-    close)."""
-    n = len(rows[fmt.FILTERS])
-    if not n:
-        return
-    group = f[layer]
-    for name, want in rows.items():
-        got = group[name][-n:]
-        if got.shape != want.shape or not np.array_equal(got, want, equal_nan=True):
-            raise JaxvisError(
-                f"the rows just written to {layer}/{name} read back differently (a failed "
-                "write); the atlas is unchanged, check the disk and re-run to resume"
-            )
 
 
 def check_chunk(layer: str, chunk: Chunk, num_filters: int, done: set[int], known):

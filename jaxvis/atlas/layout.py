@@ -7,7 +7,9 @@ each dataset's kind, dtype and rank; row counts against the layer's filter count
 against each other; widths against ``image_size`` and ``steps`` (and the optional
 ``snapshots`` against ``snapshot_every``); declared bytes against
 the bytes the file stores; and only then the filter ids, which are read to check that
-they are in range and unique. Every rule is one the writer (jaxvis/atlas/writer.py)
+they are in range and unique. In version 3 the counts in ``committed`` are checked
+against the capacity of the datasets they count (which must be uncompressed), and only
+the committed filter ids are read. Every rule is one the writer (jaxvis/atlas/writer.py)
 keeps, so no atlas it wrote is refused.
 """
 
@@ -46,8 +48,9 @@ ROWS = (fmt.FILTERS, fmt.OBJECTIVE, fmt.HISTORY, fmt.IMAGES)
 FAILED = (fmt.FAILED_FILTERS, fmt.FAILED_MESSAGES)
 
 
-def check_layer(path: str, name: str, group: h5py.Group) -> None:
-    """Raises a one-line JaxvisError naming the first thing wrong with layer ``name``."""
+def check_layer(path: str, name: str, group: h5py.Group, version: int = 2) -> None:
+    """Raises a one-line JaxvisError naming the first thing wrong with layer ``name``
+    (of an atlas of format ``version``)."""
     where = f"/{printable(name)}"
     n = _layer_int(path, where, group.attrs, fmt.ATTR_NUM_FILTERS, 1)
     dsets = {key: _dataset(path, where, group, key) for key in SPECS if key in group}
@@ -59,17 +62,54 @@ def check_layer(path: str, name: str, group: h5py.Group) -> None:
             )
     written = _line_up(path, where, dsets, ROWS)
     failed = _line_up(path, where, dsets, FAILED)
-    if written + failed > n:
-        raise JaxvisError(
-            f"{path}: {where} has {written} filters written and {failed} failed; a layer "
-            f"of {n} filters ({fmt.ATTR_NUM_FILTERS}) has at most {n}"
-        )
     if fmt.IMAGES in dsets:
         _check_widths(path, where, group.attrs, dsets)
     _check_snapshots(path, where, group.attrs, dsets)
     for key, dset in dsets.items():
         _check_stored(path, f"{where}/{key}", dset)
-    _check_ids(path, where, dsets, n)
+    counts = None
+    if version >= 3 or fmt.COMMITTED in group:
+        counts = _check_committed(path, where, group, dsets)
+        written, failed = counts[0], counts[1]
+    if written + failed > n:
+        raise JaxvisError(
+            f"{path}: {where} has {written} filters written and {failed} failed; a layer "
+            f"of {n} filters ({fmt.ATTR_NUM_FILTERS}) has at most {n}"
+        )
+    _check_ids(path, where, dsets, n, counts)
+
+
+def _check_committed(path: str, where: str, group: h5py.Group, dsets: dict) -> tuple:
+    """A version-3 layer's ``committed`` record: int [3], each count within the capacity
+    of the datasets it counts, which store their rows raw (they are written in place)."""
+    at = f"{where}/{fmt.COMMITTED}"
+    if (fmt.COMMITTED in group) != (fmt.IMAGES in dsets):
+        has, lacks = (at, fmt.IMAGES) if fmt.COMMITTED in group else (f"{where}/images", at)
+        raise JaxvisError(
+            f"{path}: a version-3 atlas has {has} but no {lacks}; expected both or neither"
+        )
+    if fmt.COMMITTED not in group:
+        return (0, 0, 0)
+    record = group[fmt.COMMITTED]
+    if not isinstance(record, h5py.Dataset) or record.shape != (3,) or record.dtype.kind != "i":
+        got = _describe(record) if isinstance(record, h5py.Dataset) else "not a dataset"
+        raise JaxvisError(f"{path}: {at} is {got}; expected int64 [3] (rows, failed, chunks)")
+    counts = [int(c) for c in record[()]]
+    for key, field in fmt.COUNTED_BY.items():
+        if key not in dsets:
+            continue
+        if dsets[key].id.get_create_plist().get_nfilters():
+            raise JaxvisError(
+                f"{path}: {where}/{key} is compressed; a version-3 atlas stores its rows "
+                "raw, so that they can be written in place"
+            )
+        capacity = dsets[key].shape[0]
+        if not 0 <= counts[field] <= capacity:
+            raise JaxvisError(
+                f"{path}: {at} counts {counts[field]} {fmt.COMMITTED_FIELDS[field]}; "
+                f"expected 0 to {capacity}, the rows {where}/{key} holds"
+            )
+    return tuple(counts)
 
 
 def integer(value: object) -> int | None:
@@ -231,11 +271,15 @@ def _size(n: int) -> str:
     return f"{value:.1f} {unit}"
 
 
-def _check_ids(path: str, where: str, dsets: dict, n: int) -> None:
-    """Filter ids in [0, n), each written or failed at most once."""
+def _check_ids(path: str, where: str, dsets: dict, n: int, counts) -> None:
+    """Filter ids in [0, n), each written or failed at most once (of the committed rows
+    only, given the ``counts`` of a version-3 layer)."""
+    ends = {fmt.FILTERS: None, fmt.FAILED_FILTERS: None, fmt.REQUESTED: None}
+    if counts is not None:
+        ends[fmt.FILTERS], ends[fmt.FAILED_FILTERS] = counts[0], counts[1]
     ids = {
-        key: np.asarray(dsets[key][()]).astype(np.int64) if key in dsets else np.zeros(0, int)
-        for key in (fmt.FILTERS, fmt.FAILED_FILTERS, fmt.REQUESTED)
+        key: np.asarray(dsets[key][:end]).astype(np.int64) if key in dsets else np.zeros(0, int)
+        for key, end in ends.items()
     }
     for key, values in ids.items():
         bad = values[(values < 0) | (values >= n)]

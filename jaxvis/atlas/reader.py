@@ -31,6 +31,7 @@ import numpy as np
 
 from jaxvis.atlas import format as fmt
 from jaxvis.atlas.names import printable
+from jaxvis.atlas.rows import CommittedRows
 from jaxvis.atlas.validate import check_atlas, read_provenance
 from jaxvis.errors import JaxvisError, choices
 
@@ -47,8 +48,9 @@ def _open_h5(path: str) -> h5py.File:
         raise JaxvisError(f"cannot read {path}: {e.strerror or e}") from None
     if not is_h5:
         raise JaxvisError(f"{path} is not a jaxvis atlas (not an HDF5 file)")
-    try:  # the writer never changes a file in place, so readers need no lock
-        return h5py.File(path, "r", locking=False)
+    try:  # rows are committed after they are written, so readers need no lock
+        # No chunk cache: a chunk read before a commit would hide the rows it adds.
+        return h5py.File(path, "r", locking=False, rdcc_nbytes=0)
     except OSError as e:
         raise JaxvisError(f"cannot open {path} as HDF5: {str(e).splitlines()[0]}") from None
 
@@ -158,35 +160,54 @@ class Atlas:
         return "\n".join(printable(line) for line in lines)
 
 
+def committed_counts(group: h5py.Group) -> tuple[int, int, int]:
+    """``(rows, failed, chunks)`` committed in a layer: its ``committed`` record (version
+    3, checked by jaxvis/atlas/layout.py), or the datasets' lengths before version 3."""
+    if fmt.COMMITTED in group:
+        return tuple(int(c) for c in group[fmt.COMMITTED][()])
+    lengths = [0, 0, 0]
+    for key, field in fmt.COUNTED_BY.items():
+        if key in group:
+            lengths[field] = max(lengths[field], int(group[key].shape[0]))
+    return tuple(lengths)
+
+
 def _flat(value: object) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
 class LayerView:
-    """One layer of an atlas. ``images`` is the lazy h5py dataset; the rest are arrays."""
+    """One layer of an atlas. ``images`` and ``snapshots`` are lazy (slicing reads only
+    what it needs); the rest are arrays. Only committed rows are shown: in a version-3
+    atlas those ``committed`` counts, in older ones every row."""
 
     def __init__(self, name: str, group: h5py.Group):
         self.name = name
         self._group = group
+        self._counts = committed_counts(group)
 
     def _array(self, key: str, dtype, width: tuple = ()) -> np.ndarray:
         if key in self._group:
-            return self._group[key][()]
+            field = fmt.COUNTED_BY.get(key)
+            return self._group[key][: None if field is None else self._counts[field]]
         return np.zeros((0, *width), dtype)
 
     @property
-    def images(self) -> h5py.Dataset | np.ndarray:
-        """uint8 [N, H, W, 3]; an h5py dataset, so slicing reads only what it needs."""
+    def images(self) -> CommittedRows | np.ndarray:
+        """uint8 [N, H, W, 3], the committed rows, read lazily (slicing reads only what it
+        needs)."""
         if fmt.IMAGES in self._group:
-            return self._group[fmt.IMAGES]
+            return CommittedRows(self._group[fmt.IMAGES], self._counts[0])
         return np.zeros((0, 0, 0, 3), np.uint8)
 
     @property
-    def snapshots(self) -> h5py.Dataset | None:
+    def snapshots(self) -> CommittedRows | None:
         """uint8 [N, S, H, W, 3], rows as ``images``: snapshot s of a row is its picture
-        after step ``(s + 1) * snapshot_every``; an h5py dataset (slicing reads only what
-        it needs), or None for a layer written without snapshots."""
-        return self._group.get(fmt.SNAPSHOTS)
+        after step ``(s + 1) * snapshot_every``; read lazily, or None for a layer written
+        without snapshots."""
+        if fmt.SNAPSHOTS not in self._group:
+            return None
+        return CommittedRows(self._group[fmt.SNAPSHOTS], self._counts[0])
 
     @property
     def snapshot_every(self) -> int:
@@ -213,7 +234,7 @@ class LayerView:
         """``{filter: message}`` for filters that failed and have no image. Bytes that are
         not UTF-8 read as backslash escapes rather than failing the whole layer."""
         keys = self._array(fmt.FAILED_FILTERS, np.int32)
-        msgs = self._array(fmt.FAILED_MESSAGES, object)
+        msgs = self._array(fmt.FAILED_MESSAGES, object).tolist()
         return {
             int(k): m.decode("utf-8", "backslashreplace") if isinstance(m, bytes) else str(m)
             for k, m in zip(keys, msgs, strict=True)

@@ -1,15 +1,17 @@
 """Atomic snapshots of a file, and the lock that keeps one writer per file.
 
 HDF5 updates its metadata in place, and a process killed in the middle of that can leave
-a file that no longer opens. So an atlas on disk is never modified in place: each change
-is made in a copy (``<atlas>.tmp``), which is flushed, fsynced and closed, then moved
-over the atlas with ``os.replace`` (atomic on POSIX), and the directory is fsynced. A
-kill at any moment leaves either the previous snapshot or the new one, never a mix; the
-next writer deletes a stale ``.tmp``. Readers that opened the old file keep reading it
-unchanged, since the rename gives the new snapshot a new inode.
+a file that no longer opens. So HDF5 never changes an atlas on disk in place: each change
+of its structure is made in a copy (``<atlas>.tmp``), which is flushed, fsynced and
+closed, then moved over the atlas with ``os.replace`` (atomic on POSIX), and the
+directory is fsynced. A kill at any moment leaves either the previous snapshot or the
+new one, never a mix; the next writer deletes a stale ``.tmp``.
 
-The price is one copy of the file per change, O(file size); docs/atlas-format.md,
-"Crash safety", has the measurements.
+A snapshot costs one copy of the file, O(file size). Since format version 3 an atlas
+takes one only for its creation, a new layer, growing a layer's capacity (by at least
+2x) and a new device kind; chunks are committed in place, without HDF5
+(jaxvis/atlas/commit.py). docs/atlas-format.md, "Crash safety" and "Cost", has the
+measurements.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ def snapshot(
     fresh: bool = False,
     new_bytes: int = 0,
     verify: Callable[[h5py.File], None] | None = None,
+    aligned: bool = False,
 ) -> Iterator[h5py.File]:
     """Yields a writable copy of ``path`` (a new file if ``fresh``); on a clean exit the
     copy atomically replaces ``path``, on an exception it is deleted.
@@ -53,6 +56,11 @@ def snapshot(
     warning, so the copy is also checked for room beforehand (``new_bytes``: the data
     about to be added) and, after closing, reopened and passed to ``verify``, which
     raises if the rows read back are not the rows written.
+
+    ``aligned`` (atlases of version 3) places every HDF5 allocation on a
+    :data:`format.SECTOR_BYTES` boundary, so the commit record never straddles a sector,
+    and reserves the copy's blocks (``posix_fallocate``) before it replaces ``path``, so
+    that rows written in place later cannot meet a full disk.
     """
     tmp = path + fmt.TMP_SUFFIX
     directory = os.path.dirname(os.path.abspath(path))
@@ -60,7 +68,14 @@ def snapshot(
         _check_room(directory, (0 if fresh else os.path.getsize(path)) + new_bytes)
         if not fresh:
             shutil.copyfile(path, tmp)
-        f = h5py.File(tmp, "w" if fresh else "r+", track_order=True, rdcc_nbytes=0)
+        align = {"alignment_threshold": 1, "alignment_interval": fmt.SECTOR_BYTES}
+        f = h5py.File(
+            tmp,
+            "w" if fresh else "r+",
+            track_order=True,
+            rdcc_nbytes=0,
+            **(align if aligned else {}),
+        )
         try:
             yield f
             f.flush()
@@ -70,6 +85,8 @@ def snapshot(
             with h5py.File(tmp, "r") as check:
                 verify(check)
         with open(tmp, "rb+") as fh:
+            if aligned and hasattr(os, "posix_fallocate"):
+                _reserve(fh.fileno())
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         fsync_dir(directory)
@@ -77,8 +94,17 @@ def snapshot(
         with contextlib.suppress(OSError):
             os.remove(tmp)
         if isinstance(e, (OSError, RuntimeError)) and not isinstance(e, JaxvisError):
-            raise _write_error(path, directory, e) from None
+            raise write_error(path, directory, e) from None
         raise
+
+
+def _reserve(fd: int) -> None:
+    """Allocates the blocks of the whole file (HDF5 leaves unwritten rows as holes)."""
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
 
 
 def _check_room(directory: str, need: int) -> None:
@@ -91,7 +117,8 @@ def _check_room(directory: str, need: int) -> None:
         )
 
 
-def _write_error(path: str, directory: str, e: BaseException) -> JaxvisError:
+def write_error(path: str, directory: str, e: BaseException) -> JaxvisError:
+    """A write error as one line: no space left, or what failed (the atlas unchanged)."""
     text = str(e)
     if getattr(e, "errno", None) == errno.ENOSPC or "No space left" in text or "errno = 28" in text:
         return JaxvisError(

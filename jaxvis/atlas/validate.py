@@ -30,12 +30,12 @@ SELF_CONTAINED = "jaxvis reads only self-contained atlases"
 def check_atlas(path: str, f: h5py.File) -> None:
     """Raises a one-line JaxvisError unless ``f`` is an atlas this jaxvis reads safely."""
     try:
-        check_format(path, f.attrs)
+        version = check_format(path, f.attrs)
         check_self_contained(path, f)
         read_provenance(path, f.attrs)
         for name, obj in f.items():
             if isinstance(obj, h5py.Group):
-                check_layer(path, name, obj)
+                check_layer(path, name, obj, version)
     except JaxvisError:
         raise
     except (OSError, LookupError, TypeError, ValueError, RuntimeError, RecursionError) as e:

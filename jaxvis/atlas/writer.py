@@ -1,15 +1,18 @@
 """Appending chunks of finished filters to an atlas, crash-safely and resumably.
 
-Every change is one atomic snapshot (:mod:`jaxvis.atlas.snapshot`): a filter enters
-``filters`` in the same snapshot as its image, objective, history and optimization
-snapshots, so a kill at any moment loses at most the chunk in flight and a resume never
-sees half a filter.
+A chunk is committed in place (jaxvis/atlas/commit.py): its rows are written into bytes
+HDF5 preallocated, fsynced and read back, and only then does the layer's commit record
+count them. A filter is counted in ``filters`` in the same record as its image,
+objective, history and optimization snapshots, so a kill at any moment loses at most the
+chunk in flight and a resume never sees half a filter. HDF5 itself writes only in
+atomic snapshots (jaxvis/atlas/snapshot.py): at creation, when a request or a chunk
+needs room (a new layer, or a layer's capacity grown at least 2x), and for a new device
+kind, so a run's I/O stays linear in the atlas size (docs/atlas-format.md, "Cost").
 """
 
 from __future__ import annotations
 
-import datetime
-import functools
+import contextlib
 import json
 import os
 import weakref
@@ -18,8 +21,9 @@ from collections.abc import Mapping, Sequence
 import h5py
 import numpy as np
 
-from jaxvis.atlas import chunk_checks
+from jaxvis.atlas import allocate, chunk_checks, groups
 from jaxvis.atlas import format as fmt
+from jaxvis.atlas.commit import InPlace
 from jaxvis.atlas.identity import check_same_layer, check_same_run, normalized_provenance
 from jaxvis.atlas.reader import check_atlas_file
 from jaxvis.atlas.snapshot import (
@@ -54,7 +58,7 @@ class AtlasWriter:
     """
 
     def __init__(self, path: str | os.PathLike, *, provenance: Mapping, overwrite: bool = False):
-        _check_target(os.fspath(path))
+        groups.check_target(os.fspath(path))
         self.live = os.path.realpath(os.fspath(path))
         self.path = self.live  # the file being written; <live>.new while overwriting
         self._provenance = normalized_provenance(provenance)
@@ -62,12 +66,14 @@ class AtlasWriter:
         self._requested: dict[str, set[int]] = {}
         self._layers: dict[str, tuple[int, int, int]] = {}  # num_filters, size, steps
         self._every: dict[str, int] = {}  # snapshot_every of layers with data (0: none)
+        self._wanted_every: dict[str, int] = {}  # snapshot_every a request announced
         self._num_filters: dict[str, int] = {}
         self._objectives: dict[str, str] = {}
         self._new_device = False
+        self._raw = InPlace(self.path)
         self._lock = acquire_lock(self.live)
         # Released at close(), or when the writer is collected or the interpreter exits.
-        self._release = weakref.finalize(self, release_lock, self._lock, self.live)
+        self._release = weakref.finalize(self, _cleanup, self._raw, self._lock, self.live)
         try:
             self._open(overwrite)
         except BaseException:
@@ -80,16 +86,17 @@ class AtlasWriter:
             check_atlas_file(self.live)  # refuses foreign files before anything is touched
         remove_stale(self.live)
         if exists and overwrite:
-            self.path = self.live + fmt.NEW_SUFFIX
+            self.path = self._raw.path = self.live + fmt.NEW_SUFFIX
             remove_stale(self.path)
             if os.path.exists(self.path) and self._resumable(self.path):
                 self._resume()
                 return
         if not exists or overwrite:
-            with snapshot(self.path, fresh=True) as f:
-                _write_root(f, self._provenance)
-            return
-        self._resume()
+            with snapshot(self.path, fresh=True, aligned=True) as f:
+                groups.write_root(f, self._provenance)
+            self._raw.attach()
+        else:
+            self._resume()
 
     def _resumable(self, path: str) -> bool:
         """Whether an interrupted overwrite at ``path`` is one of this same run."""
@@ -116,19 +123,21 @@ class AtlasWriter:
             self._new_device = self._provenance["device_kind"] not in kinds
             for name, group in f.items():
                 self._load_layer(name, group)
+        self._raw.attach()
 
     def _load_layer(self, name: str, group: h5py.Group) -> None:
+        counts = group[fmt.COMMITTED][()] if fmt.COMMITTED in group else (0, 0, 0)
         done = set()
-        for key in (fmt.FILTERS, fmt.FAILED_FILTERS):
-            if key in group:
-                done.update(int(i) for i in group[key][()])
+        for key, n in ((fmt.FILTERS, counts[0]), (fmt.FAILED_FILTERS, counts[1])):
+            if n:
+                done.update(int(i) for i in group[key][: int(n)])
         self._done[name] = done
         if fmt.REQUESTED in group:
             self._requested[name] = {int(i) for i in group[fmt.REQUESTED][()]}
         if fmt.ATTR_OBJECTIVE in group.attrs:
             self._objectives[name] = str(group.attrs[fmt.ATTR_OBJECTIVE])
         self._num_filters[name] = int(group.attrs[fmt.ATTR_NUM_FILTERS])
-        if fmt.IMAGES in group:
+        if int(counts[2]):  # a layer's geometry is fixed once it has a chunk
             self._layers[name] = (
                 int(group.attrs[fmt.ATTR_NUM_FILTERS]),
                 int(group.attrs[fmt.ATTR_IMAGE_SIZE]),
@@ -150,6 +159,11 @@ class AtlasWriter:
         snapshot_every: Mapping[str, int] | None = None,
     ) -> None:
         """Records which filters a run asked for, and each layer's objective.
+
+        Where the pictures' size and steps are known (from layers already written), the
+        same snapshot gives each layer room for all its requested filters; otherwise the
+        first chunk does, for every requested layer at once. Either way a run takes one
+        snapshot of the file for its requests, not one per chunk.
 
         Args:
           filters: ``{layer: [filter, ...]}``; merged with earlier requests, so that
@@ -178,6 +192,7 @@ class AtlasWriter:
                     "start it over, or choose another output file"
                 )
         self._num_filters.update({la: int(n) for la, n in num_filters.items()})
+        self._wanted_every.update({la: int(k) for la, k in (snapshot_every or {}).items()})
         new = {
             layer: sorted({int(i) for i in wanted} - self._requested.get(layer, set()))
             for layer, wanted in filters.items()
@@ -189,9 +204,11 @@ class AtlasWriter:
         self._check_open()
         for layer, units in new.items():
             chunk_checks.check_units(layer, units, num_filters[layer])
-        with snapshot(self.path) as f:
-            for layer in new.keys() | unset.keys():
-                group = _layer_group(f, layer, num_filters[layer])
+        geometry = next(iter(self._layers.values()), None)
+        room = self._room(geometry[1:] if geometry else None, extra={}, pending=new)
+        with self._snapshot(room) as f:
+            for layer in dict.fromkeys([*new, *unset]):  # request order, not a set's
+                group = groups.layer_group(f, layer, num_filters[layer])
                 if layer in unset:
                     group.attrs[fmt.ATTR_OBJECTIVE] = unset[layer]
                     if outputs and layer in outputs:
@@ -202,6 +219,7 @@ class AtlasWriter:
                 if fmt.REQUESTED in group:
                     del group[fmt.REQUESTED]
                 group.create_dataset(fmt.REQUESTED, data=merged.astype(np.int32))
+            self._allocate(f, room)
         for layer, units in new.items():
             self._requested.setdefault(layer, set()).update(units)
         self._objectives.update(unset)
@@ -222,6 +240,7 @@ class AtlasWriter:
         num_filters = num_filters_in_layer or self._num_filters.get(layer)
         if num_filters is None:
             raise JaxvisError(f"layer {layer!r} was never requested; pass num_filters_in_layer")
+        self._num_filters.setdefault(layer, int(num_filters))
         failed = dict(chunk.failed)
         filters, images, objective, history = chunk_checks.check_chunk(
             layer,
@@ -235,30 +254,86 @@ class AtlasWriter:
         )
         if not len(filters) and not failed:
             return
-        rows = {fmt.IMAGES: images, fmt.FILTERS: filters, fmt.OBJECTIVE: objective}
-        rows[fmt.HISTORY] = history
-        if snaps is not None:
-            rows[fmt.SNAPSHOTS] = snaps
-        size = sum(a.nbytes for a in rows.values()) + sum(len(m) + 16 for m in failed.values())
-        verify = functools.partial(chunk_checks.verify_rows, layer=layer, rows=rows)
         every = int(chunk.snapshot_every) if snaps is not None else 0
-        with snapshot(self.path, new_bytes=size, verify=verify) as f:
-            group = _layer_group(f, layer, num_filters)
-            _ensure_data(group, images.shape[1], history.shape[1], every)
-            for name, data in rows.items():
-                _append(group, name, data)
-            _append(group, fmt.FAILED_FILTERS, np.fromiter(failed, np.int32, len(failed)))
-            _append(group, fmt.FAILED_MESSAGES, np.array(list(failed.values()), dtype=object))
-            seconds = chunk.seconds + chunk.compile_seconds
-            _append(group, fmt.SECONDS, np.array([seconds], np.float64))
-            _append(group, fmt.CHUNK_SIZES, np.array([len(filters) + len(failed)], np.int32))
-            if self._new_device:
-                _add_device_kind(f, self._provenance["device_kind"])
-        self._new_device = False
-        self._layers[layer] = (num_filters, images.shape[1], history.shape[1])
+        shape = (images.shape[1], history.shape[1])
+        self._make_room(layer, shape, every, len(filters), len(failed))
+        parts = {fmt.IMAGES: images, fmt.FILTERS: filters, fmt.OBJECTIVE: objective}
+        parts[fmt.HISTORY] = history
+        if snaps is not None:
+            parts[fmt.SNAPSHOTS] = snaps
+        parts[fmt.FAILED_FILTERS] = np.fromiter(failed, np.int32, len(failed))
+        messages = [allocate.message_bytes(m) for m in failed.values()]
+        parts[fmt.FAILED_MESSAGES] = np.array(messages, f"S{fmt.MESSAGE_BYTES}")
+        parts[fmt.SECONDS] = np.array([chunk.seconds + chunk.compile_seconds], np.float64)
+        parts[fmt.CHUNK_SIZES] = np.array([len(filters) + len(failed)], np.int32)
+        self._raw.commit(layer, parts)
+        self._layers[layer] = (num_filters, *shape)
         self._every[layer] = every
         self._done.setdefault(layer, set()).update(int(i) for i in filters)
         self._done[layer].update(failed)
+
+    def _make_room(self, layer: str, shape: tuple, every: int, rows: int, failed: int) -> None:
+        """One snapshot, when the layer has no room for the chunk (or was allocated for
+        pictures of another shape, before any row), or the device kind is new."""
+        raw = self._raw.layers.get(layer)
+        same = raw is not None and self._raw.geometry[layer] == (*shape, every)
+        fits = same and allocate.fits(raw.capacity, raw.counts, rows, failed)
+        if fits and not self._new_device:
+            return
+        counts = raw.counts if same else (0, 0, 0)
+        capacity = raw.capacity if same else 0
+        need = allocate.grown(
+            capacity, allocate.needed(counts, rows, failed), self._num_filters[layer]
+        )
+        extra = {} if fits else {layer: (*shape, every, need)}
+        with self._snapshot(self._room(shape, extra)) as f:
+            groups.layer_group(f, layer, self._num_filters[layer])
+            self._allocate(f, self._room(shape, extra))
+
+    def _room(self, shape: tuple | None, extra: dict, pending: Mapping | None = None) -> dict:
+        """``{layer: (size, steps, every, capacity)}``: the layers to create or grow, those
+        in ``extra`` and, given the pictures' ``shape``, every requested layer (``pending``:
+        ``{layer: units}`` being requested now) whose capacity is short of its filters."""
+        room = dict(extra)
+        pending = pending or {}
+        for layer in dict.fromkeys([*self._requested, *pending]) if shape else ():
+            units = self._requested.get(layer, set()).union(pending.get(layer, ()))
+            raw = self._raw.layers.get(layer)
+            capacity = raw.capacity if raw else 0
+            want = len(self._done.get(layer, set()) | units)
+            # A request without snapshot_every is taken as none (0); a first chunk with
+            # snapshots then allocates its layer again.
+            every = self._every.get(layer, self._wanted_every.get(layer, 0))
+            if layer in room:  # the chunk's own layer: grown, and room for its request
+                room[layer] = (*room[layer][:3], max(room[layer][3], want))
+            elif want > capacity:
+                room[layer] = (*shape, every, want)
+        return room
+
+    def _allocate(self, f: h5py.File, room: dict) -> None:
+        for layer, (size, steps, every, capacity) in room.items():
+            group = groups.layer_group(f, layer, self._num_filters[layer])
+            if fmt.IMAGES in group and allocate.geometry(group) != (size, steps, every):
+                groups.drop_rows(group)  # allocated for other pictures, before any row
+            allocate.ensure(group, size, steps, every, capacity)
+
+    @contextlib.contextmanager
+    def _snapshot(self, room: dict):
+        """A snapshot of the file (with the device kind, if new), then reattached."""
+        old = {la: raw.capacity for la, raw in self._raw.layers.items()}
+        grow = sum(
+            (cap - old.get(la, 0)) * allocate.row_bytes(size, steps, every)
+            for la, (size, steps, every, cap) in room.items()
+        )
+        self._raw.close()
+        try:
+            with snapshot(self.path, new_bytes=max(grow, 0), aligned=True) as f:
+                yield f
+                if self._new_device:
+                    groups.add_device_kind(f, self._provenance["device_kind"])
+            self._new_device = False
+        finally:
+            self._raw.attach()
 
     def _check_open(self) -> None:
         if not self._release.alive:
@@ -270,7 +345,7 @@ class AtlasWriter:
         if self.path != self.live:
             os.replace(self.path, self.live)
             fsync_dir(os.path.dirname(self.live))
-            self.path = self.live
+            self.path = self._raw.path = self.live
 
     def close(self) -> None:
         """Releases the lock that keeps a second writer off this atlas. An unfinished
@@ -288,94 +363,6 @@ class AtlasWriter:
             self.close()
 
 
-def _check_target(path: str) -> None:
-    if not path:
-        raise JaxvisError("the atlas path is empty; give a file path like out.h5")
-    if os.path.isdir(path):
-        raise JaxvisError(f"{path} is a directory; the atlas must be a file path like out.h5")
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise JaxvisError(f"cannot write {path}: directory {parent} does not exist")
-
-
-def _write_root(f: h5py.File, prov: Mapping) -> None:
-    from jaxvis import __version__
-
-    weights = prov["weights"]
-    attrs = {
-        fmt.ATTR_FORMAT: fmt.FORMAT_NAME,
-        fmt.ATTR_VERSION: np.int32(fmt.FORMAT_VERSION),
-        fmt.ATTR_JAXVIS_VERSION: __version__,
-        fmt.ATTR_CREATED: datetime.datetime.now(datetime.timezone.utc).isoformat("T", "seconds"),
-        fmt.ATTR_MODEL: str(prov["model"]),
-        fmt.ATTR_WEIGHTS_SOURCE: str(weights.get("source", "")),
-        fmt.ATTR_WEIGHTS_SHA256: str(weights.get("sha256", "")),
-        fmt.ATTR_WEIGHTS_TRAINED: bool(weights.get("trained", True)),
-        fmt.ATTR_PREPROCESSING: str(weights.get("preprocessing", "")),
-        fmt.ATTR_WEIGHTS: json.dumps(weights, sort_keys=True),
-        fmt.ATTR_CONFIG: json.dumps(prov["config"], sort_keys=True),
-        fmt.ATTR_DEVICE_KIND: str(prov["device_kind"]),
-        fmt.ATTR_DEVICE_KINDS: json.dumps([prov["device_kind"]]),
-    }
-    f.attrs.update(attrs)
-
-
-def _add_device_kind(f: h5py.File, kind: str) -> None:
-    kinds = json.loads(f.attrs.get(fmt.ATTR_DEVICE_KINDS, "[]"))
-    f.attrs[fmt.ATTR_DEVICE_KINDS] = json.dumps([*kinds, kind])
-
-
-def _layer_group(f: h5py.File, layer: str, num_filters: int) -> h5py.Group:
-    if layer in f:
-        return f[layer]
-    group = f.create_group(layer)
-    group.attrs[fmt.ATTR_NUM_FILTERS] = np.int32(num_filters)
-    return group
-
-
-def _ensure_data(group: h5py.Group, size: int, steps: int, every: int) -> None:
-    """Creates the resizable datasets of a layer on its first chunk (``snapshots`` and
-    ``snapshot_every`` only when ``every``, the chunk's K, is not 0)."""
-    if fmt.IMAGES in group:
-        return
-    group.attrs[fmt.ATTR_IMAGE_SIZE] = np.int32(size)
-    group.attrs[fmt.ATTR_STEPS] = np.int32(steps)
-    pictures = {fmt.IMAGES: (size, size, 3)}
-    if every:
-        group.attrs[fmt.ATTR_SNAPSHOT_EVERY] = np.int32(every)
-        pictures[fmt.SNAPSHOTS] = (steps // every, size, size, 3)
-    for name, shape in pictures.items():  # one filter per HDF5 chunk: what readers fetch
-        group.create_dataset(
-            name,
-            (0, *shape),
-            np.uint8,
-            maxshape=(None, *shape),
-            chunks=(1, *shape),
-            compression=fmt.IMAGE_COMPRESSION,
-        )
-    hist_rows = max(1, min(1024, 16384 // max(steps, 1)))
-    group.create_dataset(
-        fmt.HISTORY,
-        (0, steps),
-        np.float32,
-        maxshape=(None, steps),
-        chunks=(hist_rows, max(steps, 1)),
-    )
-    for name, dtype in [
-        (fmt.FILTERS, np.int32),
-        (fmt.OBJECTIVE, np.float32),
-        (fmt.FAILED_FILTERS, np.int32),
-        (fmt.SECONDS, np.float64),
-        (fmt.CHUNK_SIZES, np.int32),
-        (fmt.FAILED_MESSAGES, h5py.string_dtype()),
-    ]:
-        group.create_dataset(name, (0,), dtype, maxshape=(None,), chunks=(1024,))
-
-
-def _append(group: h5py.Group, name: str, rows: np.ndarray) -> None:
-    if not len(rows):
-        return
-    dset = group[name]
-    start = dset.shape[0]
-    dset.resize(start + len(rows), axis=0)
-    dset[start:] = rows
+def _cleanup(raw: InPlace, lock, path: str) -> None:
+    raw.close()
+    release_lock(lock, path)
