@@ -91,11 +91,11 @@ def passes(attributor, model, mode: dict) -> float:
 
 def timed(fn) -> tuple[float, float]:
     """(wall seconds, seconds jax spent compiling) of ``fn()``."""
-    from jaxvis import engine
+    from jaxvis import compile_time
 
-    start, compiling = time.perf_counter(), engine.compile_seconds_so_far()
+    start, compiling = time.perf_counter(), compile_time.compile_seconds_so_far()
     fn()
-    return time.perf_counter() - start, engine.compile_seconds_so_far() - compiling
+    return time.perf_counter() - start, compile_time.compile_seconds_so_far() - compiling
 
 
 def cost(model, method: str, images, mode: dict, kw: dict) -> dict:

@@ -36,10 +36,10 @@ def compile_block(prog, params, keys, units):
 def units_and_keys(layer: str, chunk: int, seed: int = 0):
     """Units 0..chunk-1 (reducing them mod the layer's width is the caller's job) and
     their keys, as the engine derives them."""
-    from jaxvis import engine
+    from jaxvis import keys
 
     units = np.arange(chunk, dtype=np.int32)
-    return jnp.asarray(units), engine.unit_keys(seed, layer, units)
+    return jnp.asarray(units), keys.unit_keys(seed, layer, units)
 
 
 @dataclasses.dataclass

@@ -22,7 +22,9 @@ class Chunk:
       history: float32 [n, steps], the objective at every step, before its update.
       failed: ``{filter: message}`` for units whose objective or image became non-finite;
         they have no row in the arrays above.
-      seconds: wall time of the optimization, compile time excluded.
+      seconds: the device time attributable to the chunk, compile time excluded: from
+        when the device could start it to when its outputs were ready
+        (jaxvis/inflight.py, ``fetch_chunk``); the host's fetch and write are not in it.
       compile_seconds: time spent tracing and compiling for this chunk.
       snapshots: uint8 [n, S, H, W, 3] (or [n, S, B, H, W, 3]): snapshot s of a unit is
         its picture after step ``(s + 1) * snapshot_every``, so ``S = steps //

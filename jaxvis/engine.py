@@ -5,8 +5,9 @@ whole list of filters at once. Units are processed in chunks; each chunk is one 
 program (see :mod:`jaxvis.ascent`) driven in blocks of unrolled steps.
 
 The path from a request to results is one straight line: :func:`program` builds (or finds
-in its cache) the compiled pieces for a layer, and :func:`chunks` runs a layer's units
-through them chunk by chunk, yielding one typed :class:`~jaxvis.chunk.Chunk` each time.
+in its cache) the compiled pieces for a layer, and :func:`jaxvis.inflight.chunks` runs a
+layer's units through them chunk by chunk, one chunk in flight ahead, yielding one typed
+:class:`~jaxvis.chunk.Chunk` each time.
 :func:`visualize` concatenates the chunks; ``jaxvis.scheduler.generate_atlas`` writes each
 one to the atlas as it comes.
 
@@ -25,9 +26,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import time
-import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable
 
 import jax
 import jax.numpy as jnp
@@ -36,8 +35,8 @@ import numpy as np
 from jaxvis import devices, presets
 from jaxvis._types import Params, PRNGKey
 from jaxvis.ascent import Ascent
-from jaxvis.chunk import Chunk
 from jaxvis.errors import JaxvisError
+from jaxvis.inflight import check_snapshots, chunks
 from jaxvis.models.feature_model import FeatureModel
 
 # Steps unrolled per compiled block. On XLA:CPU a while-loop body ran convolutions 3-4x
@@ -46,41 +45,6 @@ from jaxvis.models.feature_model import FeatureModel
 # fewer cost dispatch. Chosen by benchmarks/chunk_sweep.py.
 BLOCK_STEPS = {"cpu": 8, "gpu": 16, "tpu": 16}
 _CACHE_SIZE = 32
-_COMPILE_EVENTS = (
-    "/jax/core/compile/jaxpr_trace_duration",
-    "/jax/core/compile/jaxpr_to_mlir_module_duration",
-    "/jax/core/compile/backend_compile_duration",
-)
-_compile_seconds = [0.0]
-
-
-def _on_duration(event: str, seconds: float, **_) -> None:
-    if event in _COMPILE_EVENTS:
-        _compile_seconds[0] += seconds
-
-
-jax.monitoring.register_event_duration_secs_listener(_on_duration)
-
-
-def compile_seconds_so_far() -> float:
-    """Seconds this process has spent tracing, lowering and compiling with jax."""
-    return _compile_seconds[0]
-
-
-def unit_key(seed: int, layer: str, unit: int) -> PRNGKey:
-    """The random key of one unit, from (seed, layer, unit) alone.
-
-    It does not depend on chunk size, position in the chunk or device count, so a filter's
-    picture is reproducible across runs and machines (up to float tolerance).
-    """
-    return unit_keys(seed, layer, [unit])[0]
-
-
-def unit_keys(seed: int, layer: str, units: Sequence[int]) -> PRNGKey:
-    """Keys for several units [N]; unit u's key is the same in any list (see unit_key)."""
-    layer_id = zlib.crc32(layer.encode()) & 0x7FFFFFFF  # stable, unlike Python's hash()
-    base = jax.random.fold_in(jax.random.key(seed), layer_id)
-    return jax.vmap(lambda u: jax.random.fold_in(base, u))(jnp.asarray(units, jnp.uint32))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,6 +127,8 @@ class Program:
             block size so).
 
         Returns:
+          Device arrays, as soon as every piece is dispatched (it does not wait for the
+          device; see :func:`launch_chunk`):
           ``(images, values, history, snapshots)``; ``snapshots`` is a tuple of uint8
           [N, B, H, W, 3], one after each multiple of ``every`` short of the last step
           (the final picture, from ``finish``, is the snapshot at the last step).
@@ -221,26 +187,6 @@ def block_steps_for(steps: int, platform: str, every: int = 0) -> int:
     return block
 
 
-def check_snapshots(every, steps: int) -> int:
-    """Snapshot spacing K as int (0 for ``None``: no snapshots), or a one-line error.
-
-    Valid K: an integer from 1 to ``steps``; the run then stores ``steps // K`` snapshots.
-    """
-    if every is None:
-        return 0
-    if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
-        raise JaxvisError(
-            f"snapshots must be a positive integer K (a picture every K steps), from 1 to "
-            f"steps ({steps}); got {every!r}"
-        )
-    if every > steps:
-        raise JaxvisError(
-            f"snapshots every {every} steps would store none in a run of {steps} steps; "
-            f"valid: 1 to {steps}"
-        )
-    return int(every)
-
-
 def program(
     model: FeatureModel,
     layer: str,
@@ -291,107 +237,6 @@ def program(
     while len(_programs) > _CACHE_SIZE:
         _programs.popitem(last=False)
     return prog
-
-
-def _to_uint8(images: np.ndarray) -> np.ndarray:
-    return np.round(np.clip(images, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
-def failure(history: np.ndarray, final: float, image: np.ndarray) -> str | None:
-    """Why a unit failed (a non-finite objective or image), or None if it did not."""
-    bad = np.flatnonzero(~np.isfinite(history))
-    if bad.size:
-        return f"objective became non-finite at step {int(bad[0])}"
-    if not np.isfinite(final):
-        return "final objective is non-finite"
-    if not np.isfinite(image).all():
-        return "image has non-finite pixels"
-    return None
-
-
-def run_chunk(
-    prog: Program,
-    params: Params,
-    seed: int,
-    layer: str,
-    units: np.ndarray,
-    chunk: int,
-    every: int = 0,
-) -> Chunk:
-    """Runs one chunk of ``units`` (padded to ``chunk`` units and masked) and fetches it,
-    with a snapshot every ``every`` steps (0: none)."""
-    n = len(units)
-    padded = np.concatenate([units, np.full(chunk - n, units[-1])]).astype(np.int32)
-    keys = unit_keys(seed, layer, padded)
-    ids = jnp.asarray(padded)
-    sharding = devices.unit_sharding()
-    if sharding is not None:
-        keys, ids = jax.device_put((keys, ids), sharding)
-        params = jax.device_put(params, devices.replicated())
-    start, compiling = time.perf_counter(), compile_seconds_so_far()
-    images, final, history, shots = jax.device_get(prog.run(params, keys, ids, every))
-    compile_seconds = compile_seconds_so_far() - compiling
-    seconds = time.perf_counter() - start - compile_seconds
-    ok, failed = [], {}
-    for i, unit in enumerate(units.tolist()):
-        why = failure(history[i], final[i], images[i])
-        if why is None:
-            ok.append(i)
-        else:
-            failed[unit] = f"filter {unit} of {layer} failed: {why}"
-    imgs = _to_uint8(images[ok])
-    snaps = _snapshots([shot[ok] for shot in shots], imgs, prog.ascent.recipe.steps, every)
-    if imgs.shape[1] == 1:  # [N, B, H, W, 3] -> [N, H, W, 3], and [N, S, B, ...] alike
-        imgs, snaps = imgs[:, 0], None if snaps is None else snaps[:, :, 0]
-    return Chunk(
-        layer=layer,
-        filters=units[ok],
-        images=imgs,
-        objective=final[ok],
-        history=history[ok],
-        failed=failed,
-        seconds=seconds,
-        compile_seconds=compile_seconds,
-        snapshots=snaps,
-        snapshot_every=every,
-    )
-
-
-def _snapshots(shots: list, images: np.ndarray, steps: int, every: int) -> np.ndarray | None:
-    """uint8 [n, S, B, H, W, 3] from the snapshots ``shots`` (each [n, B, H, W, 3]) and the
-    final ``images`` [n, B, H, W, 3]; None without snapshots.
-
-    The final pictures are the snapshot at the last step when ``every`` divides
-    ``steps`` (``Program.run`` takes none there), so that one equals ``images`` exactly.
-    """
-    if not every:
-        return None
-    frames = list(shots)
-    if steps % every == 0:
-        frames.append(images)
-    return np.stack(frames, axis=1)
-
-
-def chunks(
-    model: FeatureModel,
-    prog: Program,
-    layer: str,
-    units: np.ndarray,
-    *,
-    size: int,
-    seed: int = 0,
-    batch: int | None = None,
-    snapshots: int | None = None,
-) -> Iterator[Chunk]:
-    """Runs ``units`` of ``layer`` through ``prog``, one chunk at a time: the one chunk loop.
-
-    The chunk size is ``batch``, or chosen for the devices (see :mod:`jaxvis.devices`).
-    ``snapshots=K`` needs a ``prog`` from :func:`program` with the same ``snapshots``.
-    """
-    every = check_snapshots(snapshots, prog.ascent.recipe.steps)
-    chunk = devices.chunk_size(model, prog.ascent.stop_at, size, len(units), batch)
-    for i in range(0, len(units), chunk):
-        yield run_chunk(prog, model.params, seed, layer, units[i : i + chunk], chunk, every)
 
 
 def visualize(

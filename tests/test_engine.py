@@ -14,7 +14,7 @@ import optax
 import pytest
 
 import jaxvis
-from jaxvis import engine, objectives, presets
+from jaxvis import engine, keys, objectives, presets
 
 SMALL = dict(size=32, steps=8)
 
@@ -52,7 +52,7 @@ def test_vmap_equals_python_loop_over_run_one(random_vgg):
     # run_one (lax.scan) and the engine (vmapped, unrolled blocks) are different XLA
     # programs, so rounding differs slightly and Adam carries it forward.
     for i, unit in enumerate(units):
-        key = engine.unit_key(0, "block1_conv2", unit)
+        key = keys.unit_key(0, "block1_conv2", unit)
         image, value, history = run_one(random_vgg.params, key, jnp.int32(unit))
         assert_same_curves(res.history[i], history)
         assert_same_curves(res.objective[i], value)
@@ -83,11 +83,11 @@ def test_chunk_size_does_not_change_pictures(random_vgg):
 
 
 def test_unit_key_depends_on_seed_layer_unit_only():
-    a = jax.random.key_data(engine.unit_key(0, "block1_conv1", 3))
-    b = jax.random.key_data(engine.unit_keys(0, "block1_conv1", [5, 3])[1])
+    a = jax.random.key_data(keys.unit_key(0, "block1_conv1", 3))
+    b = jax.random.key_data(keys.unit_keys(0, "block1_conv1", [5, 3])[1])
     assert np.array_equal(a, b)
-    c = jax.random.key_data(engine.unit_key(0, "block1_conv2", 3))
-    d = jax.random.key_data(engine.unit_key(1, "block1_conv1", 3))
+    c = jax.random.key_data(keys.unit_key(0, "block1_conv2", 3))
+    d = jax.random.key_data(keys.unit_key(1, "block1_conv1", 3))
     assert not np.array_equal(a, c) and not np.array_equal(a, d)
 
 
