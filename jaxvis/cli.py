@@ -130,7 +130,7 @@ def cmd_atlas(args: argparse.Namespace) -> None:
         cluster=joined,
         peer_timeout=args.peer_timeout,
     )
-    if joined.is_writer:
+    if joined.is_writer or out == args.out:
         print(out)
     else:
         print(f"{out} ({joined.describe()}; process 0 merges it into {args.out})")

@@ -2,8 +2,10 @@
 
 One straight path from a request to an atlas: check everything the caller gave (before
 any file is touched), build each layer's program, open the atlas and skip what it holds,
-then run the rest through :func:`jaxvis.engine.chunks` and commit each chunk before the
-next starts, so that a crash loses at most the chunk in flight.
+then run the rest through :func:`jaxvis.inflight.chunks` and commit each chunk while the
+next one computes, so that a crash loses at most what is in flight. With several
+processes (:mod:`jaxvis.cluster`) each computes its share, and process 0 merges the
+others' part files (:mod:`jaxvis.parts`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Mapping, Sequence
 import jax
 import numpy as np
 
-from jaxvis import devices, engine, parts, presets
+from jaxvis import devices, engine, inflight, parts, presets
 from jaxvis.atlas import AtlasWriter, open_atlas
 from jaxvis.cluster import SINGLE, Cluster, share
 from jaxvis.errors import JaxvisError
@@ -98,7 +100,7 @@ def generate_atlas(
             model, layer, size, config, steps=steps, snapshots=snapshots
         )
     first = next(iter(programs.values())).ascent.recipe
-    every = engine.check_snapshots(snapshots, first.steps)
+    every = inflight.check_snapshots(snapshots, first.steps)
     provenance = {**run_identity(model, first, seed=seed), "device_kind": _device_kind(cluster)}
     run = _Run(model, programs, wanted, size, seed, batch, snapshots, every, progress, cluster)
     if not cluster.is_writer:
@@ -167,7 +169,7 @@ class _Run:
                 bar.start_layer(layer)
                 if not len(units):
                     continue
-                for chunk in engine.chunks(
+                for chunk in inflight.chunks(
                     self.model,
                     self.programs[layer],
                     layer,
@@ -188,8 +190,10 @@ def _write_part(run: _Run, out: str, provenance: dict, peer_timeout: float) -> s
     is still there to merge it."""
     pid = run.cluster.process_id
     path = parts.part_path(out, pid)
-    os.makedirs(parts.folder(out), exist_ok=True)
     done = _done_in_atlas(out, provenance)
+    if _holds(done, run.shares()):  # process 0 may be removing the parts folder now
+        return out
+    os.makedirs(parts.folder(out), exist_ok=True)
     for layer, units in parts.done_in_parts(out, provenance, skip=None).items():
         done.setdefault(layer, set()).update(units)
     watch = Watch({0: parts.heartbeat_path(out, 0)}, peer_timeout)
@@ -249,15 +253,18 @@ def _check_peers(watch: Watch, processes, cluster: Cluster, out: str) -> None:
         )
 
 
+def _holds(done: Mapping, units: Mapping) -> bool:
+    """Whether ``done`` (``{layer: set}``) has every unit of ``units``."""
+    return all(set(u) <= done.get(la, set()) for la, u in units.items())
+
+
 def _check_writer_alive(run: _Run, out: str, provenance: dict, peer_timeout: float) -> None:
     """Returns once process 0 shows a heartbeat (it will merge this process's part) or the
     atlas already holds this process's whole share; stops with one line if neither
     happens within ``peer_timeout`` seconds."""
     watch = Watch({0: parts.heartbeat_path(out, 0)}, peer_timeout)
-    mine = run.shares()
     while not watch.changed(0):
-        done = _done_in_atlas(out, provenance)
-        if all(set(units) <= done.get(la, set()) for la, units in mine.items()):
+        if _holds(_done_in_atlas(out, provenance), run.shares()):
             return
         if watch.stopped([0]):
             raise JaxvisError(
