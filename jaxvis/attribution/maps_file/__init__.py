@@ -7,8 +7,9 @@ written) and the done mask all zero. After that HDF5 never opens it for writing 
 chunk's maps are written with ``os.pwrite`` into the bytes HDF5 allocated for them and
 fsynced, and only then is the done mask rewritten in place and fsynced. HDF5's metadata
 never changes, so the file always opens; maps written but not yet marked done are redone
-by a resume. This replaces the atlases' copy per chunk, which costs O(file size) each
-time (docs/atlas-format.md, "Cost"): 10,000 maps at 224 px are 2 GB.
+by a resume. Atlases are committed the same way since format 3 (docs/atlas-format.md,
+"Cost"); a copy per chunk would cost O(file size) each time, and 10,000 maps at 224 px
+are 2 GB.
 
 One concept per module:
 
