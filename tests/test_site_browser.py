@@ -54,11 +54,11 @@ def _generate(path: str) -> None:
 
 def _by_hand(path: str) -> None:
     """What a run of random weights does not make: a failed unit, a hostile layer name."""
-    with h5py.File(path, "r+") as f:
+    with h5py.File(path, "r+") as f:  # format 3: rows are preallocated, the record counts
         group = f[LAYERS[1]]
-        for key, value in (("failed_filters", FAILED[0]), ("failed_messages", FAILED[1])):
-            group[key].resize(1, axis=0)
-            group[key][0] = value
+        group["failed_filters"][0] = FAILED[0]
+        group["failed_messages"][0] = FAILED[1].encode()
+        group["committed"][1] = 1
         f.copy(f[LAYERS[0]], HOSTILE)
 
 
