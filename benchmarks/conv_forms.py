@@ -1,0 +1,245 @@
+"""Convolution formulations on CPU (issue 14): lax.conv, Winograd F(2,3)/F(4,3), im2col.
+
+Part 1 times forward + input gradient (what the ascent step runs through every conv) of
+each distinct VGG16 conv shape, per formulation of ``jaxvis/models/winograd.py``; part 2
+times a whole truncated VGG16 step with every conv replaced (benchmarks/conv_forms_net.py)
+against the stock model. Both are interleaved round-robin with the matmul and conv
+ceilings (benchmarks/timing.py), so the speedups are per-round ratios from one sitting.
+Effective GFLOP/s counts the direct conv's FLOPs for every formulation, so rates compare
+on the same work. Errors are max |y - y_lax| / max |y_lax| in fp32.
+
+  python -m benchmarks.conv_forms [--tiny | --quick] [--out-dir DIR] [--no-save]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks import ceilings, env, options
+from benchmarks.conv_forms_net import FORMS, STOCK, net_accuracy, net_case, per_shape_form
+from benchmarks.report import print_table, write_results
+from benchmarks.timing import interleaved, median
+from jaxvis.models.vgg16 import FEATURE_LAYERS
+
+# Per mode: (sizes, batches, part-1 layers or None for all, part-2 layers, part-2 size).
+SETTINGS = {
+    "tiny": ((32,), (1,), ("block1_conv2",), ("block1_conv1",), 32),
+    "quick": ((64,), (1, 4), None, ("block3_conv3", "block4_conv1"), 128),
+    "full": ((128, 224), (1, 4), None, ("block3_conv3", "block4_conv1", "block5_conv3"), 128),
+}
+# --tiny only checks that the code runs: F(4,3) shares F(2,3)'s code and compiles slowest.
+SKIP = {"tiny": ("winograd F(4,3)",), "quick": (), "full": ()}
+TARGET_S = {"tiny": 0.0, "quick": 0.3, "full": 1.0}  # seconds of timing per case
+MIN_ROUNDS = {"tiny": 1, "quick": 3, "full": 5}
+PER_SHAPE = "fastest per shape"
+
+
+def conv_shapes(size: int) -> list[dict]:
+    """The distinct VGG16 conv shapes at ``size`` px: first layer of each, with side and
+    channels (later convs with the same shape, e.g. block3_conv3, are block3_conv2's)."""
+    shapes, cin, side, seen = [], 3, size, set()
+    for layer in FEATURE_LAYERS:
+        if layer.kind == "pool":
+            side //= 2
+            continue
+        key = (side, cin, layer.num_filters)
+        if key not in seen:
+            seen.add(key)
+            shapes.append({"layer": layer.name, "side": side, "cin": cin, "cout": key[2]})
+        cin = layer.num_filters
+    return shapes
+
+
+def _fwd_and_input_grad(form):
+    def run(x, kernel, cotangent):
+        y, vjp = jax.vjp(lambda x: form(x, kernel), x)
+        return y, vjp(cotangent)[0]
+
+    return jax.jit(run)
+
+
+@dataclasses.dataclass
+class ConvCase:
+    """One formulation on one conv shape: forward output and input gradient."""
+
+    variant: str
+    group: str
+    compiled: object
+    args: tuple
+    flops: float  # direct conv, forward + input gradient
+    compile_s: float
+
+    def call(self) -> float:
+        start = time.perf_counter()
+        jax.block_until_ready(self.compiled(*self.args))
+        return time.perf_counter() - start
+
+
+def conv_cases(shape: dict, batch: int, size: int, skip=()) -> list[ConvCase]:
+    """Compiled cases of every formulation for one shape, with shared random inputs."""
+    side, cin, cout = shape["side"], shape["cin"], shape["cout"]
+    kx, kk, kg = jax.random.split(jax.random.key(side * 7919 + cin), 3)
+    x = jax.random.normal(kx, (batch, side, side, cin), jnp.float32)
+    kernel = jax.random.normal(kk, (3, 3, cin, cout), jnp.float32) * np.sqrt(2 / (9 * cin))
+    cot = jax.random.normal(kg, (batch, side, side, cout), jnp.float32)
+    group = f"{size}px b{batch} {shape['layer']}"
+    flops = 2 * (2.0 * batch * side * side * cin * cout * 9)
+    cases = []
+    for name, form in FORMS.items():
+        if name in skip:
+            continue
+        start = time.perf_counter()
+        compiled = _fwd_and_input_grad(form).lower(x, kernel, cot).compile()
+        wall = time.perf_counter() - start
+        cases.append(ConvCase(f"{group} | {name}", group, compiled, (x, kernel, cot), flops, wall))
+    return cases
+
+
+def _rel_err(a, b) -> float:
+    return float(jnp.abs(a - b).max() / jnp.abs(b).max())
+
+
+def conv_rows(cases: list[ConvCase], times: dict, base: dict) -> list[dict]:
+    """One row per formulation of one shape: ms, GFLOP/s, speedup and errors vs lax."""
+    ref = cases[0]
+    y0, g0 = ref.compiled(*ref.args)
+    rows = []
+    for case in cases:
+        y, g = case.compiled(*case.args)
+        t = times[case.variant]
+        ratios = [a / b for a, b in zip(times[ref.variant], t, strict=True)]
+        rows.append(
+            {
+                **base,
+                "form": case.variant.split(" | ")[1],
+                "ms": median(t) * 1e3,
+                "GFLOP/s": case.flops / median(t) / 1e9,
+                "speedup": median(ratios),
+                "out_err": _rel_err(y, y0),
+                "grad_err": _rel_err(g, g0),
+                "compile_s": case.compile_s,
+                "times_s": t,
+            }
+        )
+    return rows
+
+
+def part1(mode: str, kernels: dict) -> tuple[list[dict], dict]:
+    """Per-shape timing: every shape, batch and size of ``mode``, round-robin."""
+    sizes, batches, only, _, _ = SETTINGS[mode]
+    groups = []
+    for size in sizes:
+        for batch in batches:
+            for shape in conv_shapes(size):
+                if only is None or shape["layer"] in only:
+                    base = {"size": size, "batch": batch, **shape}
+                    groups.append((base, conv_cases(shape, batch, size, SKIP[mode])))
+    every = [c for _, cases in groups for c in cases]
+    times, ceil = interleaved(every, kernels, TARGET_S[mode], min_rounds=MIN_ROUNDS[mode])
+    rows = [r for base, cases in groups for r in conv_rows(cases, times, base)]
+    return rows, ceil
+
+
+def fastest_per_shape(rows1: list[dict], size: int, batch: int) -> dict:
+    """``{(batch, side, cin, cout): form}`` for the shapes where part 1 found a
+    formulation faster than lax.conv at this size and batch (empty if none was timed)."""
+    best = {}
+    for r in rows1:
+        key = (r["batch"], r["side"], r["cin"], r["cout"])
+        if r["size"] == size and r["batch"] == batch and r["speedup"] > best.get(key, (1.0,))[0]:
+            best[key] = (r["speedup"], r["form"])
+    return {key: form for key, (_, form) in best.items()}
+
+
+def part2(mode: str, kernels: dict, rows1: list[dict]) -> tuple[list[dict], dict]:
+    """Whole truncated VGG16 step per formulation against the stock model, plus each
+    conv by the formulation part 1 measured fastest for its shape (where part 1 timed
+    this size)."""
+    _, batches, _, layers, size = SETTINGS[mode]
+    model = options.load_model("random", "float32")
+    groups = []
+    for layer in layers:
+        for batch in batches:
+            variants = [STOCK, *(v for v in FORMS if v != "lax.conv" and v not in SKIP[mode])]
+            cases = [net_case(model, layer, size, batch, v) for v in variants]
+            table = fastest_per_shape(rows1, size, batch)
+            if any(r["size"] == size for r in rows1):
+                form = per_shape_form(table)
+                cases.append(net_case(model, layer, size, batch, PER_SHAPE, form))
+            groups.append(cases)
+    every = [c for cases in groups for c in cases]
+    for c in every:
+        c.variant = f"{c.layer} {c.size}px b{c.batch} | {c.variant}"
+    times, ceil = interleaved(every, kernels, TARGET_S[mode], min_rounds=MIN_ROUNDS[mode])
+    rows = []
+    for cases in groups:
+        t0 = times[cases[0].variant]
+        for case in cases:
+            t = times[case.variant]
+            rows.append(
+                {
+                    "layer": case.layer,
+                    "size": case.size,
+                    "batch": case.batch,
+                    "variant": case.variant.split(" | ")[1],
+                    "ms": median(t) * 1e3,
+                    "speedup": median([a / b for a, b in zip(t0, t, strict=True)]),
+                    **net_accuracy(cases[0], case),
+                    "hlo_convs": case.hlo_convs,
+                    "compile_s": case.compile_s,
+                    "times_s": t,
+                }
+            )
+    return rows, ceil
+
+
+def _ceiling_summary(ceil: dict, kernels: dict) -> dict:
+    return {n: kernels[n]["flops"] / median(ts) / 1e9 for n, ts in ceil.items()}
+
+
+def main(argv=None) -> None:
+    args = options.base_parser(__doc__.splitlines()[0]).parse_args(argv)
+    mode = options.mode(args)
+    print(env.describe_device(), flush=True)
+    kernels = ceilings.ceiling_kernels(jnp.float32, tiny=mode == "tiny")
+    t0 = time.perf_counter()
+    rows1, ceil1 = part1(mode, kernels)
+    rows2, ceil2 = part2(mode, kernels, rows1)
+    c1, c2 = _ceiling_summary(ceil1, kernels), _ceiling_summary(ceil2, kernels)
+    hide = {"times_s", "cin", "cout", "side"}
+    print_table(
+        [{k: v for k, v in r.items() if k not in hide} for r in rows1],
+        title="Per shape: forward + input gradient (GFLOP/s = direct-conv FLOPs / time)",
+    )
+    print(f"ceilings in part 1 (GFLOP/s, median of rounds): {c1}")
+    print_table(
+        [{k: v for k, v in r.items() if k != "times_s"} for r in rows2],
+        title="Truncated VGG16 forward + input gradient, every conv replaced",
+    )
+    print(f"ceilings in part 2 (GFLOP/s, median of rounds): {c2}")
+    payload = {
+        "benchmark": "conv_forms",
+        "mode": mode,
+        "environment": env.environment(),
+        "ceiling_kernels": {
+            n: {"what": k["what"], "flops": k["flops"]} for n, k in kernels.items()
+        },
+        "ceilings_part1_gflops": c1,
+        "ceilings_part2_gflops": c2,
+        "shapes": rows1,
+        "network": rows2,
+        "wall_s": time.perf_counter() - t0,
+    }
+    if not args.no_save:
+        print(
+            f"wrote {write_results(options.result_name('conv_forms', args), payload, args.out_dir)}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+"""3x3 stride-1 'SAME' convolutions as matmuls: Winograd F(2x2, 3x3), F(4x4, 3x3), im2col.
+
+VGG16's convolutions are all 3x3, stride 1, 'SAME', NHWC with HWIO kernels (as
+``jaxvis/models/vgg16.py`` calls ``flax.linen.Conv``). On a CPU without AVX-512, XLA's
+conv runs slower than its matmul (issue 14), so these formulations turn the conv into
+matmuls that XLA runs near its matmul rate:
+
+* Winograd F(m x m, 3x3) (Lavin & Gray 2015, "Fast Algorithms for Convolutional Neural
+  Networks"): overlapping (m+2)x(m+2) input tiles with stride m are transformed,
+  ``V = B^T d B``; the kernel is transformed once per call, ``U = G g G^T``; the
+  elementwise product over channels is (m+2)^2 batched matmuls [tiles, Cin] x [Cin, Cout];
+  and ``A^T M A`` gives each m x m output tile. F(2x2) needs 16/36 of the direct conv's
+  multiplies (2.25x fewer), F(4x4) 36/144 (4x fewer), at some cost in fp32 accuracy.
+* im2col: the nine shifted copies of the input side by side, then one matmul.
+
+Every stage is linear and written with slices, adds and ``einsum``, so ``jax.grad``
+through these functions gives the input gradient as matmuls too; no custom VJP. Which
+formulation is fastest per shape is measured by ``benchmarks/conv_forms.py``.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jaxvis._types import Array
+from jaxvis.errors import JaxvisError
+
+# Lavin & Gray 2015, section 4.1 (F(2x2, 3x3)) and 4.2 (F(4x4, 3x3)): (B^T, G, A^T).
+_F2 = (
+    np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64),
+    np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float64),
+    np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64),
+)
+_F4 = (
+    np.array(
+        [
+            [4, 0, -5, 0, 1, 0],
+            [0, -4, -4, 1, 1, 0],
+            [0, 4, -4, -1, 1, 0],
+            [0, -2, -1, 2, 1, 0],
+            [0, 2, -1, -2, 1, 0],
+            [0, 4, 0, -5, 0, 1],
+        ],
+        np.float64,
+    ),
+    np.array(
+        [
+            [1 / 4, 0, 0],
+            [-1 / 6, -1 / 6, -1 / 6],
+            [-1 / 6, 1 / 6, -1 / 6],
+            [1 / 24, 1 / 12, 1 / 6],
+            [1 / 24, -1 / 12, 1 / 6],
+            [0, 0, 1],
+        ],
+        np.float64,
+    ),
+    np.array(
+        [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],
+        np.float64,
+    ),
+)
+TRANSFORMS = {2: _F2, 4: _F4}  # output tile side m -> (B^T, G, A^T)
+
+
+def _check(x: Array, kernel: Array) -> None:
+    """One-line JaxvisError unless x is [N, H, W, C] and kernel is [3, 3, C, Cout]."""
+    if x.ndim != 4 or kernel.ndim != 4 or tuple(kernel.shape[:2]) != (3, 3):
+        raise JaxvisError(
+            f"expected x [N, H, W, C] and a 3x3 HWIO kernel [3, 3, C, Cout]; got x "
+            f"{tuple(x.shape)} and kernel {tuple(kernel.shape)}"
+        )
+    if x.shape[-1] != kernel.shape[2]:
+        raise JaxvisError(f"x has {x.shape[-1]} channels but the kernel expects {kernel.shape[2]}")
+
+
+def _combine(parts: list[Array], matrix: np.ndarray) -> list[Array]:
+    """``[sum_j matrix[i, j] * parts[j] for each row i]``, skipping zero coefficients.
+
+    The transform matrices are small and sparse with mostly +-1 entries, so writing the
+    products as adds (instead of an einsum over a tiny axis) keeps them elementwise ops
+    that XLA fuses with the slicing around them.
+    """
+    out = []
+    for row in matrix:
+        acc = None
+        for coef, part in zip(row, parts, strict=True):
+            if coef == 0:
+                continue
+            term = part if coef == 1 else -part if coef == -1 else part * part.dtype.type(coef)
+            acc = term if acc is None else acc + term
+        out.append(acc)
+    return out
+
+
+def _input_tiles(x: Array, m: int, bt: np.ndarray) -> tuple[Array, tuple[int, int]]:
+    """``B^T d B`` of every (m+2)x(m+2) tile at stride m: [(m+2)^2, N * th * tw, C].
+
+    The input is zero-padded by 1 on the top and left ('SAME') and enough on the bottom
+    and right that th x tw tiles of m outputs cover the map; odd sizes are cropped later.
+    """
+    n, h, w, c = x.shape
+    th, tw = -(-h // m), -(-w // m)
+    xp = jnp.pad(x, ((0, 0), (1, m * th + 1 - h), (1, m * tw + 1 - w), (0, 0)))
+    alpha = m + 2
+
+    def taps(arr, axis, count):  # offset a of every tile along axis, a = 0..alpha-1
+        return [lax.slice_in_dim(arr, a, a + m * (count - 1) + 1, m, axis) for a in range(alpha)]
+
+    tiles = []
+    for row in _combine(taps(xp, 1, th), bt):
+        tiles += _combine(taps(row, 2, tw), bt)
+    return jnp.stack(tiles).reshape(alpha * alpha, n * th * tw, c), (th, tw)
+
+
+def _output_tiles(mm: Array, shape: tuple, m: int, at: np.ndarray) -> Array:
+    """``A^T M A`` per tile, assembled into the [N, H, W, Cout] map (cropped to H x W)."""
+    n, h, w, th, tw = shape
+    alpha = m + 2
+    mm = mm.reshape(alpha, alpha, n, th, tw, mm.shape[-1])
+    rows = _combine([mm[i] for i in range(alpha)], at)  # m x [alpha, n, th, tw, Cout]
+    out = [jnp.stack(_combine([r[j] for j in range(alpha)], at), axis=3) for r in rows]
+    y = jnp.stack(out, axis=2)  # [n, th, m, tw, m, Cout]
+    return y.reshape(n, th * m, tw * m, -1)[:, :h, :w]
+
+
+def kernel_transform(kernel: Array, m: int = 2) -> Array:
+    """``U = G g G^T`` for every (Cin, Cout) pair: [(m+2)^2, Cin, Cout].
+
+    Written as sparse adds like the other transforms: as one ``einsum`` over the 3x3 axes
+    XLA:CPU took 25 ms for a 512x512 kernel, against 3 ms this way (measured on the 2-core
+    VM, benchmarks/README.md, "Convolution formulations on CPU"), which decided the speed
+    of the small deep layers. Kept separate so a caller can hoist it out of a loop.
+    """
+    g = TRANSFORMS[m][1]
+    u = []
+    for row in _combine([kernel[a] for a in range(3)], g):
+        u += _combine([row[b] for b in range(3)], g)
+    return jnp.stack(u)
+
+
+def conv3x3_winograd(x: Array, kernel: Array, m: int = 2) -> Array:
+    """3x3 stride-1 'SAME' convolution (cross-correlation, as ``lax.conv``) by Winograd.
+
+    Args:
+      x: [N, H, W, Cin] input, any H, W >= 1.
+      kernel: [3, 3, Cin, Cout] HWIO kernel.
+      m: output tile side: 2 for F(2x2, 3x3), 4 for F(4x4, 3x3).
+
+    Returns:
+      [N, H, W, Cout], equal to ``lax.conv_general_dilated(x, kernel, (1, 1), "SAME")``
+      up to rounding.
+    """
+    _check(x, kernel)
+    if m not in TRANSFORMS:
+        raise JaxvisError(f"unknown Winograd tile {m!r}; valid: {sorted(TRANSFORMS)}")
+    bt, _, at = TRANSFORMS[m]
+    n, h, w, _ = x.shape
+    v, (th, tw) = _input_tiles(x, m, bt)
+    mm = jnp.einsum("ptc,pcd->ptd", v, kernel_transform(kernel, m).astype(x.dtype))
+    return _output_tiles(mm, (n, h, w, th, tw), m, at)
+
+
+def conv3x3_im2col(x: Array, kernel: Array) -> Array:
+    """3x3 stride-1 'SAME' convolution as one [N*H*W, 9*Cin] x [9*Cin, Cout] matmul.
+
+    Args:
+      x: [N, H, W, Cin] input.
+      kernel: [3, 3, Cin, Cout] HWIO kernel.
+    """
+    _check(x, kernel)
+    n, h, w, c = x.shape
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    cols = jnp.concatenate([xp[:, a : a + h, b : b + w] for a in range(3) for b in range(3)], -1)
+    y = cols.reshape(n * h * w, 9 * c) @ kernel.reshape(9 * c, -1).astype(x.dtype)
+    return y.reshape(n, h, w, -1)

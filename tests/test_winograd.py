@@ -1,0 +1,138 @@
+"""The conv formulations of jaxvis/models/winograd.py against ``lax.conv``, and their benchmark.
+
+Each formulation must give the direct conv's output and input gradient (fp32, under jit)
+on odd and 1x1 maps; a wrong transform matrix must be caught; and the benchmark
+(benchmarks/conv_forms.py) must run end to end in ``--tiny`` mode.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxvis.errors import JaxvisError
+from jaxvis.models import winograd
+
+ROOT = Path(__file__).resolve().parent.parent
+FORMS = {
+    "F(2,3)": functools.partial(winograd.conv3x3_winograd, m=2),
+    "F(4,3)": functools.partial(winograd.conv3x3_winograd, m=4),
+    "im2col": winograd.conv3x3_im2col,
+}
+# (N, H, W, Cin, Cout): odd and unequal sides, 1x1 and 2x3 maps, sides below a tile.
+SHAPES = [(2, 7, 9, 5, 6), (1, 1, 1, 4, 3), (1, 2, 3, 3, 8), (1, 12, 12, 16, 16)]
+TOL = {"F(2,3)": 1e-5, "F(4,3)": 3e-5, "im2col": 1e-5}
+
+
+def direct(x, kernel):
+    return jax.lax.conv_general_dilated(
+        x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+
+def inputs(shape, seed=0):
+    n, h, w, cin, cout = shape
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.standard_normal((n, h, w, cin)), jnp.float32)
+    kernel = jnp.asarray(rng.standard_normal((3, 3, cin, cout)), jnp.float32)
+    cot = jnp.asarray(rng.standard_normal((n, h, w, cout)), jnp.float32)
+    return x, kernel, cot
+
+
+@functools.cache
+def fwd_and_grad(form):
+    """Jitted (output, input gradient for a random cotangent) of one conv."""
+
+    def run(x, kernel, cot):
+        y, vjp = jax.vjp(lambda x: form(x, kernel), x)
+        return y, vjp(cot)[0]
+
+    return jax.jit(run)
+
+
+def rel_err(a, b) -> float:
+    return float(jnp.abs(a - b).max() / jnp.abs(b).max())
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("name", sorted(FORMS))
+def test_equals_direct_conv(name, shape):
+    x, kernel, cot = inputs(shape)
+    y, g = fwd_and_grad(FORMS[name])(x, kernel, cot)
+    y0, g0 = fwd_and_grad(direct)(x, kernel, cot)
+    assert y.shape == y0.shape and g.shape == x.shape
+    assert rel_err(y, y0) < TOL[name]
+    assert rel_err(g, g0) < TOL[name]
+
+
+def test_grad_of_a_scalar_loss():
+    """``jax.grad`` of a nonlinear loss through the conv, as the ascent step takes it."""
+    x, kernel, _ = inputs((1, 9, 9, 4, 4))
+
+    def loss(conv):
+        return jax.jit(jax.grad(lambda x: jnp.tanh(conv(x, kernel)).sum()))(x)
+
+    assert rel_err(loss(FORMS["F(2,3)"]), loss(direct)) < 1e-5
+
+
+@pytest.mark.parametrize("m", sorted(winograd.TRANSFORMS))
+def test_wrong_transform_is_caught(monkeypatch, m):
+    """The check above fails when one entry of a transform matrix is wrong."""
+    bt, g, at = (a.copy() for a in winograd.TRANSFORMS[m])
+    g[1, 1] *= -1
+    monkeypatch.setitem(winograd.TRANSFORMS, m, (bt, g, at))
+    x, kernel, _ = inputs(SHAPES[0])
+    assert rel_err(winograd.conv3x3_winograd(x, kernel, m), direct(x, kernel)) > 1e-2
+
+
+@pytest.mark.parametrize(
+    "x_shape, k_shape",
+    [((7, 7, 3), (3, 3, 3, 4)), ((1, 7, 7, 3), (5, 5, 3, 4)), ((1, 7, 7, 3), (3, 3, 2, 4))],
+)
+def test_bad_shapes_raise(x_shape, k_shape):
+    for form in FORMS.values():
+        with pytest.raises(JaxvisError):
+            form(jnp.zeros(x_shape), jnp.zeros(k_shape))
+
+
+def test_unknown_tile_raises():
+    with pytest.raises(JaxvisError, match="valid: \\[2, 4\\]"):
+        winograd.conv3x3_winograd(jnp.zeros((1, 4, 4, 1)), jnp.zeros((3, 3, 1, 1)), m=3)
+
+
+def test_replaced_vgg16_matches_the_stock_model():
+    """The benchmark's patch reaches every VGG16 conv and keeps the model's numbers."""
+    import jaxvis
+    from benchmarks import conv_forms_net as net
+
+    model = jaxvis.vgg16(None)
+    stock = net.net_case(model, "block1_conv2", 32, 1, net.STOCK)
+    case = net.net_case(model, "block1_conv2", 32, 1, "im2col")
+    assert stock.hlo_convs > 0 and case.hlo_convs == 0
+    err = net.net_accuracy(stock, case)
+    assert err["objective_rel_err"] < 1e-5 and err["grad_rel_max"] < 1e-5
+
+
+def test_benchmark_tiny(tmp_path):
+    cmd = [sys.executable, "-m", "benchmarks.conv_forms", "--tiny", "--out-dir", str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.stdout.startswith("cpu") or "avx2" in proc.stdout.splitlines()[0]
+    (path,) = tmp_path.glob("conv_forms-tiny-*.json")
+    payload = json.loads(path.read_text())
+    assert payload["mode"] == "tiny" and payload["environment"]["cpu_model"]
+    shapes, network = payload["shapes"], payload["network"]
+    assert {r["form"] for r in shapes} == {"lax.conv", "winograd F(2,3)", "im2col"}
+    assert all(r["ms"] > 0 and r["GFLOP/s"] > 0 and r["grad_err"] < 1e-4 for r in shapes)
+    variants = {"stock model", "winograd F(2,3)", "im2col", "fastest per shape"}
+    assert {r["variant"] for r in network} == variants
+    assert all(r["speedup"] > 0 and r["grad_rel_l2"] < 1e-4 for r in network)
+    assert all(v > 0 for v in payload["ceilings_part1_gflops"].values())
