@@ -217,7 +217,7 @@ CTRL_C_RUN = [
     "--layers",
     "block1_conv1",
     "--filters",
-    "0-5",
+    "0-31",  # long enough (a few seconds) that a signal after the first chunk lands mid-run
     "--size",
     "32",
     "--steps",
@@ -276,7 +276,7 @@ def test_signals_exit_with_one_line_and_resume(tmp_path, signum, when, status):
         run = subprocess.run([*JAXVIS, *CTRL_C_RUN, "--out", str(out)], capture_output=True)
         assert run.returncode == 0, run.stderr
         with open_atlas(out) as atlas:
-            assert sorted(atlas["block1_conv1"].filters.tolist()) == list(range(6))
+            assert sorted(atlas["block1_conv1"].filters.tolist()) == list(range(32))
 
 
 @pytest.fixture(scope="module")
