@@ -54,18 +54,22 @@ def part_files(out: str) -> list[str]:
     return [p for p, m in sorted(found, key=lambda pm: int(pm[1].group(1)) if pm[1] else -1) if m]
 
 
-def done_in_parts(out: str, provenance: dict, skip: str | None = None) -> dict[str, set[int]]:
-    """``{layer: units}`` that the part files (but ``skip``) hold, done or failed, after
-    checking that each part is of this same run."""
+def held(path: str, provenance: dict) -> dict[str, set[int]]:
+    """``{layer: units}`` the atlas (or part) at ``path`` holds, done or failed, after
+    checking that it is of this same run; ``{}`` if there is no file yet."""
+    if not os.path.exists(path):
+        return {}
+    with open_atlas(path) as atlas:
+        check_same(path, atlas.provenance, provenance)
+        return {la: set(atlas[la].filters.tolist()) | set(atlas[la].failed) for la in atlas.layers}
+
+
+def done_in_parts(out: str, provenance: dict) -> dict[str, set[int]]:
+    """``{layer: units}`` that the part files hold, done or failed (see :func:`held`)."""
     done: dict[str, set[int]] = {}
     for path in part_files(out):
-        if skip is not None and os.path.samefile(path, skip):
-            continue
-        with open_atlas(path) as part:
-            check_same(path, part.provenance, provenance)
-            for name in part.layers:
-                view = part[name]
-                done.setdefault(name, set()).update(view.filters.tolist(), view.failed)
+        for layer, units in held(path, provenance).items():
+            done.setdefault(layer, set()).update(units)
     return done
 
 

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from jaxvis import devices, engine, inflight, parts, presets
-from jaxvis.atlas import AtlasWriter, open_atlas
+from jaxvis.atlas import AtlasWriter
 from jaxvis.cluster import SINGLE, Cluster, share
 from jaxvis.errors import JaxvisError
 from jaxvis.heartbeat import BEAT_SECONDS, Heartbeat, Watch
@@ -190,11 +190,11 @@ def _write_part(run: _Run, out: str, provenance: dict, peer_timeout: float) -> s
     is still there to merge it."""
     pid = run.cluster.process_id
     path = parts.part_path(out, pid)
-    done = _done_in_atlas(out, provenance)
+    done = parts.held(out, provenance)
     if _holds(done, run.shares()):  # process 0 may be removing the parts folder now
         return out
     os.makedirs(parts.folder(out), exist_ok=True)
-    for layer, units in parts.done_in_parts(out, provenance, skip=None).items():
+    for layer, units in parts.done_in_parts(out, provenance).items():
         done.setdefault(layer, set()).update(units)
     watch = Watch({0: parts.heartbeat_path(out, 0)}, peer_timeout)
     with (
@@ -207,15 +207,6 @@ def _write_part(run: _Run, out: str, provenance: dict, peer_timeout: float) -> s
     return path
 
 
-def _done_in_atlas(out: str, provenance: dict) -> dict[str, set[int]]:
-    """Units the atlas at ``out`` already holds, read-only (process 0 writes it)."""
-    if not os.path.exists(out):
-        return {}
-    with open_atlas(out) as atlas:
-        parts.check_same(out, atlas.provenance, provenance)
-        return {la: set(atlas[la].filters.tolist()) | set(atlas[la].failed) for la in atlas.layers}
-
-
 def _wait_for_parts(run: _Run, out: str, writer: AtlasWriter, merge, peer_timeout: float) -> None:
     """Process 0, its own share done: merges the others' parts until the atlas holds every
     requested unit, or stops with one line if an unfinished process has stopped."""
@@ -224,9 +215,10 @@ def _wait_for_parts(run: _Run, out: str, writer: AtlasWriter, merge, peer_timeou
     owners = {la: dict(_owners(units, run.cluster)) for la, units in run.wanted.items()}
     while True:
         merge()
+        done = {la: writer.done(la) for la in run.wanted}  # one copy per layer, not per unit
         missing = {
             owners[la][u] for la, units in run.wanted.items() for u in units.tolist()
-            if u not in writer.done(la)
+            if u not in done[la]
         }  # fmt: skip
         if not missing:
             return
@@ -264,7 +256,7 @@ def _check_writer_alive(run: _Run, out: str, provenance: dict, peer_timeout: flo
     happens within ``peer_timeout`` seconds."""
     watch = Watch({0: parts.heartbeat_path(out, 0)}, peer_timeout)
     while not watch.changed(0):
-        if _holds(_done_in_atlas(out, provenance), run.shares()):
+        if _holds(parts.held(out, provenance), run.shares()):
             return
         if watch.stopped([0]):
             raise JaxvisError(
