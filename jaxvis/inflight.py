@@ -93,7 +93,12 @@ class Launch:
         self.outputs = outputs
         self.dispatched, self.compile_seconds = dispatched, compile_seconds
         self.ready = math.nan
-        self._watcher = threading.Thread(target=self._watch, name="jaxvis-ready", daemon=True)
+        # Not a daemon: the interpreter joins it before it finalizes. A daemon thread
+        # still inside block_until_ready when the program exits (an error while the next
+        # chunk is in flight) is torn down by a forced unwind through jaxlib's C++ frames,
+        # and the process aborts ("FATAL: exception not rethrown") instead of exiting
+        # with its status. Joining costs at most the chunk in flight.
+        self._watcher = threading.Thread(target=self._watch, name="jaxvis-ready")
         self._watcher.start()
 
     def _watch(self) -> None:
