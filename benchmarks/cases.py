@@ -75,13 +75,17 @@ def prepare(model, prog, layer: str, size: int, chunk: int, variant: str) -> Cas
     k = prog.block_steps
     images, h, w = flops.seen_shape(prog) if hasattr(prog, "ascent") else (1, size, size)
     hoisted = flops.target_grad_hoisted(compiled, model, layer, k)
-    step = flops.step_flops(model, layer, h, w, images, k=k, hoisted=bool(hoisted))
+    selected = bool(getattr(getattr(prog, "ascent", None), "select", False))
+    step = flops.step_flops(
+        model, layer, h, w, images, k=k, hoisted=bool(hoisted), selected=selected
+    )
     if getattr(prog, "no_convs", False):
         step = {key: 0.0 for key in step}
     info = {
         "seen": f"{images}x{h}x{w}",
         "flops": step,
         "target_grad_hoisted": hoisted,
+        "target_conv_one_channel": selected,
         "hlo_convs": flops.count_convs(compiled),
         "xla": flops.xla_cost(compiled),
         "xla_memory": memory.xla_memory(compiled),
@@ -100,6 +104,14 @@ def _efficiency(per_call: float, times: list[float], ceil: dict, kernels: dict) 
         paired = zip(times, rates, strict=True)
         eff[f"eff_vs_{label}"] = median([per_call / t / r for t, r in paired])
     return eff
+
+
+def _work_efficiency(per_call: float, times: list[float], ceil: dict, kernels: dict) -> float:
+    """Like ``eff_vs_conv``, for the matched work (every conv in full, ``total`` FLOPs):
+    how fast the block does what a full-conv implementation must do, against the same
+    round's conv ceiling. Above ``eff_vs_conv`` where the block skips work."""
+    rates = [kernels["conv_fwd"]["flops"] / t for t in ceil["conv_fwd"]]
+    return median([per_call / t / r for t, r in zip(times, rates, strict=True)])
 
 
 def result_row(case: Case, times: list[float], ceil: dict, kernels: dict) -> dict:
@@ -128,6 +140,7 @@ def result_row(case: Case, times: list[float], ceil: dict, kernels: dict) -> dic
         "xla_flops_per_s": xla_flops / s["median_s"] if xla_flops else None,
         "xla_over_executed": xla_flops / per_call if xla_flops and per_call else None,
         **_efficiency(per_call, times, ceil, kernels),
+        "work_eff_vs_conv": _work_efficiency(step["total"] * work, times, ceil, kernels),
         **case.info,
         "process_memory": memory.peak_memory(),
         "load_average": list(os.getloadavg()),

@@ -49,6 +49,7 @@ def step_flops(
     images: int = 1,
     k: int = 1,
     hoisted: bool = False,
+    selected: bool = False,
 ) -> dict:
     """Analytic FLOPs of one filter-step: forward + input-gradient of every conv.
 
@@ -59,13 +60,21 @@ def step_flops(
     CSE computes it once per compiled block of ``k`` steps (``hoisted=True``; see
     :func:`target_grad_hoisted`). Then ``executed = total - (1 - 1/k) * target_conv_fwd``.
 
+    With ``selected`` (the target conv computes only the unit's channel, ``Taps.select``
+    in jaxvis/models/taps.py) its forward and input gradient each cost ``1/Cout`` of the
+    full conv's, so ``executed = total - 2 (1 - 1/Cout) * target_conv_fwd``. ``total``
+    stays the work with the full conv: the matched work a peer does.
+
     Args:
       images: images per unit (a parameterization with a batch dimension).
     """
     convs = conv_flops(model, stop_at, height, width)
     fwd = images * sum(c["fwd_flops"] for c in convs)
     last = images * convs[-1]["fwd_flops"]
-    executed = 2.0 * fwd - ((1.0 - 1.0 / k) * last if hoisted else 0.0)
+    if selected:
+        executed = 2.0 * fwd - 2.0 * (1.0 - 1.0 / convs[-1]["cout"]) * last
+    else:
+        executed = 2.0 * fwd - ((1.0 - 1.0 / k) * last if hoisted else 0.0)
     return {
         "fwd": fwd,
         "input_grad": fwd,

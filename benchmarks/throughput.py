@@ -70,6 +70,9 @@ def programs(model, layer: str, size: int, preset: str, k: int | None, breakdown
     out = [(preset, main)]
     if not breakdown:
         return out
+    if main.ascent.select:  # the target conv's every channel, as before Taps.select
+        full = engine.program(model, layer, size, config, select=False)
+        out.append(("all channels of target conv", with_k(full)))
     bare = engine.program(model, layer, size, config, transforms=[])
     pixel = engine.program(model, layer, size, config, param=param.pixel_image(size), transforms=[])
     out.append(("no transforms", with_k(bare)))

@@ -19,6 +19,7 @@ the only place where that negation happens.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -27,6 +28,9 @@ import jax.numpy as jnp
 import optax
 
 from jaxvis._types import Array, Params, PRNGKey
+from jaxvis.errors import JaxvisError
+from jaxvis.models.taps import Taps
+from jaxvis.objectives import Objective
 from jaxvis.presets import Recipe
 
 Apply = Callable[[Params, Array, str], dict]
@@ -49,11 +53,28 @@ class Ascent:
       apply: the model's pure features function ``(params, images, stop_at) -> acts``.
       stop_at: the deepest layer the objective needs; nothing beyond it is computed.
       recipe: parameterization, transforms, objective, optimizer and steps.
+      select: compute only the traced unit's channel of ``stop_at`` (``Taps.select``,
+        jaxvis/models/taps.py) and read it with the objective narrowed to it
+        (``Objective.on_unit_channel``); the engine decides (``engine.selects``).
     """
 
     apply: Apply
     stop_at: str
     recipe: Recipe
+    select: bool = False
+
+    @functools.cached_property
+    def goal(self) -> Objective:
+        """The objective as the forward pass will be read: narrowed with ``select``."""
+        if not self.select:
+            return self.recipe.objective
+        narrowed = self.recipe.objective.on_unit_channel(self.stop_at)
+        if narrowed is None:
+            raise JaxvisError(
+                f"select=True, but {self.recipe.objective.description} reads more of "
+                f"{self.stop_at!r} than the traced unit's channel"
+            )
+        return narrowed
 
     def keys(self, key: PRNGKey) -> tuple[PRNGKey, PRNGKey]:
         """Splits a unit key into (init key, step key); step i uses fold_in(step key, i)."""
@@ -66,8 +87,11 @@ class Ascent:
         seen = image
         if key is not None and self.recipe.transform is not None:
             seen = self.recipe.transform(key, image)
-        acts = self.apply(params, seen, self.stop_at)
-        return self.recipe.objective(acts, image, unit)
+        if self.select:
+            acts = self.apply(params, seen, self.stop_at, Taps(select={self.stop_at: unit}))
+        else:
+            acts = self.apply(params, seen, self.stop_at)
+        return self.goal(acts, image, unit)
 
     def init_one(self, key: PRNGKey) -> State:
         raw = self.recipe.param.init(self.keys(key)[0])

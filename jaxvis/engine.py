@@ -38,12 +38,17 @@ from jaxvis.ascent import Ascent
 from jaxvis.errors import JaxvisError
 from jaxvis.inflight import check_snapshots, chunks
 from jaxvis.models.feature_model import FeatureModel
+from jaxvis.models.taps import SELECT
 
 # Steps unrolled per compiled block. On XLA:CPU a while-loop body ran convolutions 3-4x
 # slower than straight-line code (benchmarks/README.md, "while-loop convolutions"), so the
 # step loop is a Python loop over compiled blocks; more steps per block cost compile time,
 # fewer cost dispatch. Chosen by benchmarks/chunk_sweep.py.
 BLOCK_STEPS = {"cpu": 8, "gpu": 16, "tpu": 16}
+# Platforms on which the target conv computes only the traced unit's channel by default
+# (``Taps.select``; benchmarks/README.md, "One channel of the target conv"). Measured on
+# CPU; on accelerators it is unmeasured, so they keep the full conv unless asked.
+SELECT_PLATFORMS = frozenset({"cpu"})
 _CACHE_SIZE = 32
 
 
@@ -164,6 +169,19 @@ class Program:
 _programs: collections.OrderedDict = collections.OrderedDict()
 
 
+def selects(model: FeatureModel, stop_at: str, objective) -> bool:
+    """Whether the forward pass can compute only the traced unit's channel of ``stop_at``:
+    a conv layer of a model that honours ``Taps.select``, and an objective that reads
+    nothing else of it (``Objective.on_unit_channel``). A channel objective then costs
+    one output channel of the target conv instead of all of them."""
+    return (
+        SELECT in model.taps
+        and model.layer(stop_at).kind == "conv"
+        and objective.uses_unit
+        and objective.on_unit_channel(stop_at) is not None
+    )
+
+
 def block_steps_for(steps: int, platform: str, every: int = 0) -> int:
     """Steps per compiled block: a divisor of ``steps`` near the platform's target.
 
@@ -200,13 +218,16 @@ def program(
     optimizer=None,
     platform: str | None = None,
     snapshots: int | None = None,
+    select: bool | None = None,
 ) -> Program:
     """The cached compiled program for these settings (built on first use).
 
     The overrides mean what they mean in :func:`presets.resolve`: ``None`` takes the
     config's part, ``transforms=[]`` runs with none. ``snapshots=K`` (see
     :func:`check_snapshots`) only picks a block size that divides K; where the usual one
-    does, it is the very program that runs without snapshots.
+    does, it is the very program that runs without snapshots. ``select`` computes only
+    the traced unit's channel of the target conv where :func:`selects` allows it:
+    ``None`` does so on :data:`SELECT_PLATFORMS`, ``False`` never.
     """
     platform = platform or jax.default_backend()
     if transforms is not None and not callable(transforms):
@@ -215,7 +236,7 @@ def program(
     block = block_steps_for(n_steps, platform, check_snapshots(snapshots, n_steps))
     layer_names = tuple((la.name, la.pre) for la in model.layers)
     key = (model.apply, layer_names, layer, size, config, steps, objective, param)
-    key += (transforms, optimizer, platform, block)
+    key += (transforms, optimizer, platform, block, select)
     if key in _programs:
         _programs.move_to_end(key)
         return _programs[key]
@@ -231,7 +252,9 @@ def program(
         has_pre=model.layer(layer.removesuffix(":pre")).pre,
     )
     stop_at = model.deepest(recipe.objective.layers or (layer,))
-    ascent = Ascent(apply=model.apply, stop_at=stop_at, recipe=recipe)
+    wanted = platform in SELECT_PLATFORMS if select is None else select
+    one = wanted and selects(model, stop_at, recipe.objective)
+    ascent = Ascent(apply=model.apply, stop_at=stop_at, recipe=recipe, select=one)
     prog = Program(ascent, block)
     _programs[key] = prog
     while len(_programs) > _CACHE_SIZE:

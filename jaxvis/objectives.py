@@ -54,15 +54,30 @@ class Objective:
       description: human-readable formula, written into atlases.
       uses_unit: whether it reads the traced ``unit`` (else every unit gets the same
         objective, e.g. a fixed channel or a direction).
+      narrow: ``narrow(layer)`` is the same objective's ``fn`` for activations in which
+        ``layer`` (and ``layer:pre``) hold only the traced unit's channel, ``[..., 1]``,
+        or None where it reads more of that layer; None for an objective that cannot
+        narrow at all. See :meth:`on_unit_channel`.
     """
 
     fn: ObjectiveFn
     layers: tuple[str, ...] = ()
     description: str = ""
     uses_unit: bool = False
+    narrow: Callable[[str], ObjectiveFn | None] | None = None
 
     def __call__(self, acts: dict[str, Array], images: Array, unit: Array) -> Array:
         return self.fn(acts, images, unit)
+
+    def on_unit_channel(self, layer: str) -> Objective | None:
+        """This objective for a forward pass that computes only the traced unit's channel
+        of ``layer`` (``Taps.select``, jaxvis/models/taps.py), or None if it reads more
+        of ``layer`` than that channel. An objective that does not read ``layer`` is
+        returned as it is."""
+        if layer not in self.layers:
+            return self
+        fn = _narrowed(self, layer)
+        return None if fn is None else dataclasses.replace(self, fn=fn, narrow=None)
 
     def __add__(self, other: Objective) -> Objective:
         if not isinstance(other, Objective):
@@ -82,16 +97,13 @@ class Objective:
         return _join(self, other, lambda a, b: a - b, desc)
 
     def __neg__(self) -> Objective:
-        fn = self.fn
-        desc = f"-{_wrap(self.description)}"
-        return dataclasses.replace(self, fn=lambda *a: -fn(*a), description=desc)
+        return _scaled(self, lambda v: -v, f"-{_wrap(self.description)}")
 
     def __mul__(self, k) -> Objective:
         if not _is_scalar(k):
             return NotImplemented
-        k, fn = float(k), self.fn
-        desc = f"{k:g}*{_wrap(self.description)}"
-        return dataclasses.replace(self, fn=lambda *a: k * fn(*a), description=desc)
+        k = float(k)
+        return _scaled(self, lambda v: k * v, f"{k:g}*{_wrap(self.description)}")
 
     __rmul__ = __mul__
 
@@ -100,23 +112,48 @@ class Objective:
             return NotImplemented
         if k == 0:
             raise JaxvisError("cannot divide an objective by zero")
-        k, fn = float(k), self.fn
-        desc = f"{_wrap(self.description)}/{k:g}"
-        return dataclasses.replace(self, fn=lambda *a: fn(*a) / k, description=desc)
+        k = float(k)
+        return _scaled(self, lambda v: v / k, f"{_wrap(self.description)}/{k:g}")
 
 
 def _is_scalar(k) -> bool:
     return isinstance(k, numbers.Real) and not isinstance(k, bool)
 
 
+def _narrowed(obj: Objective, layer: str) -> ObjectiveFn | None:
+    """``obj.fn`` for activations holding only the traced unit's channel of ``layer``."""
+    if layer not in obj.layers:
+        return obj.fn
+    return None if obj.narrow is None else obj.narrow(layer)
+
+
+def _scaled(obj: Objective, op, description: str) -> Objective:
+    """``op(obj)`` for a unary ``op`` on values (negation, a scalar factor)."""
+
+    def lift(fn):
+        return None if fn is None else (lambda *a: op(fn(*a)))
+
+    return dataclasses.replace(
+        obj,
+        fn=lift(obj.fn),
+        description=description,
+        narrow=lambda layer: lift(_narrowed(obj, layer)),
+    )
+
+
 def _join(a: Objective, b: Objective, op, description: str) -> Objective:
-    fa, fb = a.fn, b.fn
+    def combine(fa, fb):
+        if fa is None or fb is None:
+            return None
+        return lambda *args: op(fa(*args), fb(*args))
+
     layers = a.layers + tuple(la for la in b.layers if la not in a.layers)
     return Objective(
-        fn=lambda *args: op(fa(*args), fb(*args)),
+        fn=combine(a.fn, b.fn),
         layers=layers,
         description=description,
         uses_unit=a.uses_unit or b.uses_unit,
+        narrow=lambda layer: combine(_narrowed(a, layer), _narrowed(b, layer)),
     )
 
 
@@ -189,6 +226,18 @@ def _unit_index(fixed: int | None, traced: Array, width: int, layer: str) -> Arr
     return fixed
 
 
+def _narrowed_index(a: Array, layer: str) -> int:
+    """0, the one channel a narrowed read sees, after a trace-time check that the model
+    did compute that channel alone (a model that ignored ``Taps.select`` would otherwise
+    be read at channel 0 for every unit)."""
+    if a.shape[-1] != 1:
+        raise JaxvisError(
+            f"the model was asked for one channel of {layer!r} (Taps.select) but returned "
+            f"{a.shape[-1]}; a model that lists 'select' in FeatureModel.taps must honour it"
+        )
+    return 0
+
+
 def _unit_str(unit: int | None) -> str:
     return "" if unit is None else f", {unit}"
 
@@ -220,13 +269,29 @@ def channel(layer: str, unit: int | None = None, *, pre: bool = True) -> Objecti
     base, pre = _parse_layer(layer, pre)
     _check_unit_arg(unit)
 
-    def fn(acts, images, traced_unit):
+    def read(acts, traced_unit, narrowed):
         a = _read(acts, base, pre)
-        idx = _unit_index(unit, traced_unit, a.shape[-1], base)
+        idx = _narrowed_index(a, base) if narrowed else _unit_index(
+            unit, traced_unit, a.shape[-1], base
+        )
         return _mean32(jnp.take(a, idx, axis=-1))
 
     desc = f"channel({_shown(base, pre)}{_unit_str(unit)})"
-    return Objective(fn, (base,), desc, unit is None)
+    return Objective(
+        lambda acts, images, u: read(acts, u, False),
+        (base,),
+        desc,
+        unit is None,
+        _narrow_traced(unit, base, lambda acts, images, u: read(acts, u, True)),
+    )
+
+
+def _narrow_traced(unit: int | None, base: str, narrowed: ObjectiveFn):
+    """``Objective.narrow`` of a read of the traced unit's channel of ``base``: the
+    narrowed ``fn`` for ``base``; a fixed unit cannot narrow (it needs its own channel)."""
+    if unit is not None:
+        return None
+    return lambda layer: narrowed if layer == base else None
 
 
 def neuron(
@@ -253,7 +318,7 @@ def neuron(
     base, pre = _parse_layer(layer, pre)
     _check_unit_arg(unit)
 
-    def fn(acts, images, traced_unit):
+    def read(acts, traced_unit, narrowed):
         a = _read(acts, base, pre)
         if a.ndim != 4:
             raise JaxvisError(f"neuron needs a [B, h, w, C] layer; {base!r} has shape {a.shape}")
@@ -261,13 +326,21 @@ def neuron(
         row, col = h // 2 if y is None else y, w // 2 if x is None else x
         if not (0 <= row < h and 0 <= col < w):
             raise JaxvisError(f"neuron position (y={row}, x={col}) is outside {base!r} ({h}x{w})")
-        idx = _unit_index(unit, traced_unit, a.shape[-1], base)
+        idx = _narrowed_index(a, base) if narrowed else _unit_index(
+            unit, traced_unit, a.shape[-1], base
+        )
         return _mean32(jnp.take(a[:, row, col, :], idx, axis=-1))
 
     pos = {k: v for k, v in (("x", x), ("y", y)) if v is not None}
     where = f", {_kwargs_str(**pos)}" if pos else ""
     desc = f"neuron({_shown(base, pre)}{_unit_str(unit)}{where})"
-    return Objective(fn, (base,), desc, unit is None)
+    return Objective(
+        lambda acts, images, u: read(acts, u, False),
+        (base,),
+        desc,
+        unit is None,
+        _narrow_traced(unit, base, lambda acts, images, u: read(acts, u, True)),
+    )
 
 
 def class_logit(unit: int | None = None) -> Objective:

@@ -298,7 +298,7 @@ def test_taps_deltas_on_every_activation(model):
         np.testing.assert_allclose(got[name], act + delta, rtol=1e-5, atol=1e-5)
         if name != "pool5":  # the rest of the network reads the changed activation
             assert not np.allclose(got["pool5"], base["pool5"]), name
-    assert model.taps == frozenset({"deltas", "guided_relu"})
+    assert model.taps == frozenset({"deltas", "guided_relu", "select"})
 
 
 @functools.partial(jax.jit, static_argnums=0)

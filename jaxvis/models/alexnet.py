@@ -32,7 +32,7 @@ from jaxvis._types import Array, Params
 from jaxvis.errors import JaxvisError, choices
 from jaxvis.models import conventions
 from jaxvis.models.feature_model import PRE, LayerInfo
-from jaxvis.models.taps import Taps, relu, tapped
+from jaxvis.models.taps import Taps, conv_channel, relu, selected, tapped
 
 # (name, kernel side, stride, padding, filters). torchvision models/alexnet.py, `features`.
 CONVS = (
@@ -125,14 +125,21 @@ class AlexNet(nn.Module):
     def __call__(self, x: Array, stop_at: str, taps: Taps | None = None) -> dict[str, Array]:
         acts: dict[str, Array] = {}
         for name, side, stride, pad, width in CONVS:
-            pre = nn.Conv(
-                width,
-                (side, side),
-                strides=(stride, stride),
-                padding=((pad, pad), (pad, pad)),
-                dtype=self.dtype,
-                name=name,
-            )(x)
+            channel = selected(taps, name)
+            padding = ((pad, pad), (pad, pad))
+            if channel is None:
+                pre = nn.Conv(
+                    width,
+                    (side, side),
+                    strides=(stride, stride),
+                    padding=padding,
+                    dtype=self.dtype,
+                    name=name,
+                )(x)
+            else:  # one channel (taps.select), from the same params
+                p = self.variables["params"][name]
+                pre = conv_channel(x, p["kernel"], p["bias"], channel, strides=(stride, stride),
+                                   padding=padding, dtype=self.dtype)
             acts[name + PRE] = pre = tapped(taps, name + PRE, pre)
             acts[name] = x = tapped(taps, name, relu(pre, taps))
             if name == stop_at:
@@ -179,8 +186,9 @@ def features(
       params: ``{convK: {"kernel": HWIO, "bias": [out]}}`` for K in 1..5.
       images: float32 [N, H, W, 3], RGB in [0, 1], H and W at least :data:`MIN_SIZE`.
       stop_at: the deepest layer to compute (see the module docstring for names).
-      taps: deltas to add to named activations and guided ReLUs, for attribution
-        (``jaxvis/models/taps.py``); ``None`` runs the plain network.
+      taps: deltas to add to named activations and guided ReLUs, for attribution, and
+        one channel of a conv to compute (``jaxvis/models/taps.py``); ``None`` runs the
+        plain network.
       dtype: compute dtype; ``jnp.bfloat16`` for the fast path on accelerators.
 
     Returns:

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from jaxvis._types import Array, Params
 from jaxvis.errors import JaxvisError, choices
 from jaxvis.models.feature_model import PRE, LayerInfo
-from jaxvis.models.taps import Taps, relu, tapped
+from jaxvis.models.taps import Taps, conv_channel, relu, selected, tapped
 
 # (block, number of convs, filters). Keras applications/vgg16.py.
 _BLOCKS = ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512))
@@ -98,9 +98,16 @@ class VGG16(nn.Module):
         acts: dict[str, Array] = {}
         for layer in FEATURE_LAYERS + HEAD_LAYERS:
             if layer.kind == "conv":
-                pre = nn.Conv(
-                    layer.num_filters, (3, 3), padding="SAME", dtype=self.dtype, name=layer.name
-                )(x)
+                channel = selected(taps, layer.name)
+                if channel is None:
+                    pre = nn.Conv(
+                        layer.num_filters, (3, 3), padding="SAME", dtype=self.dtype,
+                        name=layer.name,
+                    )(x)
+                else:  # one channel (taps.select), from the same params
+                    p = self.variables["params"][layer.name]
+                    pre = conv_channel(x, p["kernel"], p["bias"], channel, strides=(1, 1),
+                                       padding="SAME", dtype=self.dtype)
                 acts[layer.name + PRE] = pre = tapped(taps, layer.name + PRE, pre)
                 x = relu(pre, taps)
             elif layer.kind == "pool":
@@ -168,8 +175,9 @@ def features(
       params: ``{layer: {"kernel": HWIO or [in, out], "bias": [out]}}``.
       images: float32 [N, H, W, 3], RGB in [0, 1].
       stop_at: the deepest layer to compute (see the module docstring for names).
-      taps: deltas to add to named activations and guided ReLUs, for attribution
-        (``jaxvis/models/taps.py``); ``None`` runs the plain network.
+      taps: deltas to add to named activations and guided ReLUs, for attribution, and
+        one channel of a conv to compute (``jaxvis/models/taps.py``); ``None`` runs the
+        plain network.
       preprocessing: the weights' convention, ``"torchvision"`` or ``"caffe"``.
       dtype: compute dtype; ``jnp.bfloat16`` for the fast path on accelerators.
 
