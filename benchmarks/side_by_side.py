@@ -1,0 +1,177 @@
+"""jaxvis and Lucent on the same work, interleaved in one sitting, with the conv ceiling.
+
+The work (the issue's matched comparison): VGG16 with random weights, truncated at the
+target conv, weights frozen, one call that optimizes filters 0-3 of ``block4_conv1``
+(torchvision ``features_17``) for 64 steps at 128 px, FFT-decorrelated parameterization
+and Lucid's transforms. Lucent runs in its own interpreter as a persistent worker
+(benchmarks/lucent_worker.py); each round times one whole call of each side, one after
+the other (each after a 1 s pause, so the other side's threads are idle), and one
+conv-ceiling kernel, so the two sides and the ceiling see the same machine state. The ratio is taken per round; the table gives the medians.
+
+jaxvis's side is a whole ``jaxvis.visualize`` call with the lucid preset (the second
+call and later: the first one compiles), for each chunk size in ``--batches``.
+
+    python -m benchmarks.side_by_side --lucent-python ~/.cache/jaxvis-peers/venv-lucent/bin/python
+    python -m benchmarks.side_by_side --layer block3_conv3 --size 224 --rounds 3
+
+benchmarks/peers.md gives Lucent's install and the latest numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+from benchmarks import ceilings, env, flops, options
+from benchmarks.report import print_table, write_results
+from benchmarks.timing import median, time_calls
+
+DEFAULT_LUCENT = os.path.join(
+    os.environ.get("PEERS_ENV", os.path.expanduser("~/.cache/jaxvis-peers")),
+    "venv-lucent",
+    "bin",
+    "python",
+)
+
+# Pause before each timed call, so that the other side's worker threads (XLA's pool,
+# torch's OpenMP team) have gone idle and neither side starts on a busy machine.
+SETTLE_S = 1.0
+
+
+def torchvision_name(layer: str) -> str:
+    """``features_<i>`` of torchvision's VGG16 for a Keras conv name: each conv is
+    followed by a ReLU module, each block ends in a pool module."""
+    from jaxvis.models.vgg16 import FEATURE_LAYERS
+
+    index = 0
+    for la in FEATURE_LAYERS:
+        if la.name == layer:
+            return f"features_{index}"
+        index += 2 if la.kind == "conv" else 1
+    raise SystemExit(f"side_by_side: {layer!r} is not a VGG16 conv layer")
+
+
+class Lucent:
+    """The Lucent worker process: one timed ``render_vis`` call per :meth:`call`."""
+
+    def __init__(self, python: str, layer: str, size: int, steps: int, filters: list[int]):
+        worker = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lucent_worker.py")
+        cmd = [python, worker, "--layer", torchvision_name(layer), "--size", str(size)]
+        cmd += ["--steps", str(steps), "--filters", ",".join(map(str, filters))]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.hello = self._reply()
+
+    def _reply(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"side_by_side: the Lucent worker exited ({self.proc.wait()})")
+        return json.loads(line)
+
+    def call(self) -> float:
+        self.proc.stdin.write("run\n")
+        self.proc.stdin.flush()
+        return self._reply()["seconds"]
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def main(argv=None) -> None:
+    p = options.base_parser(__doc__.splitlines()[0])
+    p.add_argument("--lucent-python", default=os.environ.get("LUCENT_PY", DEFAULT_LUCENT))
+    p.add_argument("--layer", default="block4_conv1")
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--steps", type=int, default=64)
+    p.add_argument("--filters", default="0,1,2,3")
+    p.add_argument("--batches", default="auto", help="jaxvis chunk sizes: 'auto' or e.g. 1,4")
+    p.add_argument("--rounds", type=int, default=5)
+    args = p.parse_args(argv)
+    args.weights = "random"
+    if not os.path.exists(args.lucent_python):
+        raise SystemExit(
+            f"side_by_side: no Lucent interpreter at {args.lucent_python}; install it as "
+            "benchmarks/peers.md says, or pass --lucent-python"
+        )
+    run(args)
+
+
+def run(args) -> None:
+    import jaxvis
+
+    model = options.load_model("random", args.dtype)
+    filters = [int(f) for f in args.filters.split(",")]
+    batches = [None if b == "auto" else int(b) for b in args.batches.split(",")]
+    kernels = ceilings.ceiling_kernels(options.DTYPES[args.dtype])
+    work = len(filters) * args.steps
+    step = flops.step_flops(model, args.layer, args.size)["total"]
+
+    def jaxvis_call(batch):
+        def call():
+            start = time.perf_counter()
+            jaxvis.visualize(
+                model, args.layer, filters, size=args.size, steps=args.steps, batch=batch
+            )
+            return time.perf_counter() - start
+
+        return call
+
+    lucent = Lucent(args.lucent_python, args.layer, args.size, args.steps, filters)
+    sides = {f"jaxvis visualize, batch {b or 'auto'}": jaxvis_call(b) for b in batches}
+    for call in sides.values():
+        call()  # compiles
+    sides["Lucent render_vis"] = lucent.call
+    times = {name: [] for name in sides}
+    conv = []
+    try:
+        for _ in range(args.rounds):
+            conv.append(min(time_calls(kernels["conv_fwd"]["call"], 3, warmup=0)))
+            for name, call in sides.items():
+                time.sleep(SETTLE_S)
+                times[name].append(call())
+    finally:
+        lucent.close()
+    ceiling = kernels["conv_fwd"]["flops"] / median(conv)
+    rows = []
+    for name, ts in times.items():
+        ratios = [lu / t for lu, t in zip(times["Lucent render_vis"], ts, strict=True)]
+        rate = work / median(ts)
+        rows.append(
+            {
+                "side": name,
+                "s/call median": median(ts),
+                "s/call best": min(ts),
+                "filter-steps/s": rate,
+                "vs Lucent": median(ratios),
+                "GFLOP/s": rate * step / 1e9,
+                "eff conv": rate * step / ceiling,
+            }
+        )
+    print(f"\n{args.layer}, {args.size} px, {args.steps} steps, filters {args.filters}; "
+          f"{args.rounds} rounds; conv ceiling {ceiling / 1e9:.1f} GFLOP/s (median)")
+    print(f"device: {env.describe_device()}")
+    print_table(rows)
+    if not args.no_save:
+        payload = {
+            "work": {
+                "layer": args.layer,
+                "size": args.size,
+                "steps": args.steps,
+                "filters": filters,
+                "analytic_flops_per_filter_step": step,
+            },
+            "lucent": lucent.hello,
+            "times_s": times,
+            "conv_ceiling_s": conv,
+            "conv_ceiling": kernels["conv_fwd"]["what"],
+            "rows": rows,
+        }
+        name = options.result_name(f"side_by_side-{args.layer}-{args.size}", args)
+        print(write_results(name, payload, args.out_dir), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
