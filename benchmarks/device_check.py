@@ -13,7 +13,9 @@ VGG16 weights and the lucid preset, it measures in one process:
    one layer, against the rule (``devices.accelerator_chunk``, via ``auto_chunk``);
 4. a sweep of steps per block k (``engine.BLOCK_STEPS``) at the rule's chunk;
 5. peak device memory, and the projected time of the full conv atlas
-   (benchmarks/projection.py) from the rates of part 2.
+   (benchmarks/projection.py) from the rates of part 2;
+6. at the sweep layer, the target conv in full against only the unit's channel
+   (``Taps.select``, off by default on accelerators until this measures it).
 
 Items run in order of importance, each only if its estimated cost fits the part's budget
 and the global deadline (benchmarks/device_budget.py); what did not fit is listed. The
@@ -57,7 +59,13 @@ MODES = {
         # Generous for toy sizes (about 40 s on the 2-core VM), so that a loaded CPU does
         # not skip items; the full mode's budget is the one that matters.
         "budget_s": 200.0,
-        "parts": {"ceilings": 30.0, "layers": 100.0, "chunks": 35.0, "block_steps": 35.0},
+        "parts": {
+            "ceilings": 30.0,
+            "layers": 90.0,
+            "chunks": 30.0,
+            "block_steps": 30.0,
+            "one_channel": 20.0,
+        },
     },
     "full": {
         "size": 224,
@@ -72,7 +80,13 @@ MODES = {
         "compile_guess_s": 40.0,
         "guess_k": 16,
         "budget_s": 420.0,
-        "parts": {"ceilings": 25.0, "layers": 240.0, "chunks": 85.0, "block_steps": 70.0},
+        "parts": {
+            "ceilings": 25.0,
+            "layers": 230.0,
+            "chunks": 75.0,
+            "block_steps": 55.0,
+            "one_channel": 35.0,
+        },
     },
 }
 DTYPES = ("float32", "bfloat16")
@@ -228,6 +242,35 @@ def measure(run: device_parts.Run, budget: Budget, payload: dict) -> None:
     payload["projection"] = projections(run, rows)
     write(payload, run)
     sweeps(run, budget, payload, kept, rows)
+    write(payload, run)
+    pair = device_parts.one_channel(run, budget.part("one_channel"), kept)
+    table = [
+        {
+            "setting": r["variant"],
+            "chunk": r["chunk"],
+            "k": r["k"],
+            "filter-steps/s": r["filter_steps_per_s"],
+            "exec GFLOP/s": r["executed_flops_per_s"] / 1e9,
+            "work eff": r["work_eff_vs_conv"],
+            "compile s": r["compile_s"],
+        }
+        for r in pair
+    ]
+    report.print_table(table, title="Target conv: all channels or one (work eff: full-conv FLOPs)")
+    payload["one_channel"] = {
+        "layer": run.mode["sweep_layer"],
+        "dtype": run.mode["sweep_dtype"],
+        "rows": pair,
+        "one_over_all": _ratio(pair),
+    }
+
+
+def _ratio(rows: list[dict]) -> float | None:
+    """filter-steps/s with one channel of the target conv over all channels."""
+    rate = {r["variant"]: r["filter_steps_per_s"] for r in rows}
+    if "one channel" not in rate or "all channels" not in rate:
+        return None
+    return rate["one channel"] / rate["all channels"]
 
 
 def run_check(args, mode: dict, start: float) -> int:

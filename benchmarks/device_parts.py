@@ -105,12 +105,13 @@ def measure_ceilings(run: Run, clock: PartClock) -> None:
     clock.done()
 
 
-def program(run: Run, dtype: str, layer: str, k: int | None = None):
-    """The engine's program for ``layer`` with the mode's k (or ``k``), as an atlas runs it."""
+def program(run: Run, dtype: str, layer: str, k: int | None = None, select: bool | None = None):
+    """The engine's program for ``layer`` with the mode's k (or ``k``), as an atlas runs it
+    (``select``: as ``engine.program`` takes it; None is the platform's default)."""
     from jaxvis import engine, presets
 
     model = run.models[dtype]
-    prog = engine.program(model, layer, run.mode["size"], presets.get(run.preset))
+    prog = engine.program(model, layer, run.mode["size"], presets.get(run.preset), select=select)
     k = k or run.mode["k"]
     return prog if k is None or k == prog.block_steps else engine.Program(prog.ascent, k)
 
@@ -267,5 +268,39 @@ def sweep(run: Run, clock: PartClock, settings: list[tuple[int, int]], reuse: Ca
             r["compile_s"] + model.num_filters(layer) * chunk_sweep.ATLAS_STEPS / rate
         )
     rows.sort(key=lambda r: (r["chunk"], r["k"]))
+    clock.done()
+    return rows
+
+
+def one_channel(run: Run, clock: PartClock, reuse: Case | None) -> list[dict]:
+    """The sweep layer with the target conv in full and with only the unit's channel
+    (``Taps.select``; ``engine.SELECT_PLATFORMS`` turns it on by default on CPU only),
+    timed interleaved at the same chunk and k. Reuses the layers part's case where it
+    is the platform's default program; returns the rows, or [] if it did not fit."""
+    dtype, layer = run.mode["sweep_dtype"], run.mode["sweep_layer"]
+    chunk = reuse.chunk if reuse is not None else rule_chunk(run, dtype, layer)
+    cases = []
+    for select in (False, True):
+        label = "one channel" if select else "all channels"
+        prog = program(run, dtype, layer, select=select)
+        if reuse is not None and program(run, dtype, layer) is prog and reuse.chunk == chunk:
+            cases.append(dataclasses.replace(reuse, variant=label))
+            continue
+        call = run.call_estimate(dtype, layer, chunk, prog.block_steps)
+        need = run.compile_estimate(layer, prog.block_steps) + call + run.timing_estimate([call] * 2)
+        if not clock.allows(f"{layer} {dtype} {label}", need):
+            clock.done()
+            return []
+        try:
+            cases.append(build(run, dtype, prog, layer, chunk, label, first=True))
+        except Exception as e:  # noqa: BLE001 - recorded, and the run goes on
+            clock.fail(f"{layer} {dtype} {label}", e)
+            clock.done()
+            return []
+    try:
+        rows = time_cases(run, dtype, cases)
+    except Exception as e:  # noqa: BLE001 - recorded, and the run goes on
+        clock.fail(f"{layer} {dtype} one channel vs all", e)
+        rows = []
     clock.done()
     return rows

@@ -107,6 +107,14 @@ def _memory_row(payload: dict) -> dict:
     return {"what": label, DTYPES[0]: cell, DTYPES[1]: "(one process, both dtypes)"}
 
 
+def _one_channel_row(payload: dict) -> dict:
+    part = payload.get("one_channel") or {}
+    ratio = part.get("one_over_all")
+    cell = "not measured" if ratio is None else f"{ratio:.3g}x the full conv's filter-steps/s"
+    what = f"one channel of the target conv ({part.get('layer', '-')})"
+    return {"what": what, DTYPES[0]: cell, DTYPES[1]: "-"}
+
+
 def _projection_row(payload: dict) -> dict:
     proj = payload.get("projection") or {}
 
@@ -131,6 +139,7 @@ def summary_rows(payload: dict) -> list[dict]:
     rows = _ceiling_rows(payload) + _layer_rows(payload)
     rows.append(_sweep_row(payload, "chunk_sweep", "chunk", "rule_chunk", "chunk: rule's pick"))
     rows.append(_sweep_row(payload, "block_steps", "k", "default_k", "k: engine's default"))
+    rows.append(_one_channel_row(payload))
     rows.append(_memory_row(payload))
     rows.append(_projection_row(payload))
     time = f"{payload.get('elapsed_s', 0):.0f} s of {payload['budget_s']:.0f} s"

@@ -103,6 +103,7 @@ def table_row(r: dict) -> dict:
         "conv ceil": r["conv_ceiling_median"] / 1e9,
         "mm ceil": r["matmul_ceiling_median"] / 1e9,
         "eff conv": r["eff_vs_conv"],
+        "work eff": r["work_eff_vs_conv"],
         "eff mm": r["eff_vs_matmul"],
         "compile s": r["compile_trace_lower_s"] + r["compile_compile_s"],
         "XLA mem MiB": r["xla_memory"].get("peak_estimate", 0) / 2**20,

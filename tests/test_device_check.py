@@ -30,6 +30,7 @@ SECTIONS = (
     "compile_s",
     "peak_memory",
     "projection",
+    "one_channel",
 )
 DTYPES = ("float32", "bfloat16")
 
@@ -94,6 +95,10 @@ def test_tiny_sweeps_and_projection(tiny):
         assert all(r["filter_steps_per_s"] > 0 for r in sweep["rows"])
         assert 0 < sweep["chosen_over_best"] <= 1 and sweep["best"] in (1, 2)
     assert chunks["accelerator_rule_chunk"] >= 1
+    pair = payload["one_channel"]
+    assert [r["variant"] for r in pair["rows"]] == ["all channels", "one channel"]
+    assert [r["target_conv_one_channel"] for r in pair["rows"]] == [False, True]
+    assert pair["one_over_all"] > 0 and pair["layer"] == chunks["layer"]
     assert payload["peak_memory"]["peak_rss_bytes"] > 0
     for dtype in DTYPES:
         proj = payload["projection"][dtype]
@@ -110,9 +115,10 @@ def test_tiny_prints_the_summary_last(tiny):
     table = lines[title + 1 :]
     assert table and all(line.startswith("|") for line in table), table
     text = "\n".join(table)
-    for label in ("matmul", "block1_conv1 @ 32 px", "chunk: rule", "k: engine", "peak", "atlas"):
+    labels = ("matmul", "block1_conv1 @ 32 px", "chunk: rule", "k: engine", "one channel")
+    for label in (*labels, "peak", "atlas"):
         assert label in text, label
-    assert len(table) == 2 + 2 + len(payload["layer_set"]) + 5  # header, rule, rows
+    assert len(table) == 2 + 2 + len(payload["layer_set"]) + 6  # header, rule, rows
 
 
 def test_budget_skips_cleanly(tmp_path, check_env):
@@ -123,7 +129,9 @@ def test_budget_skips_cleanly(tmp_path, check_env):
     payload = json.loads(path.read_text())
     assert payload["layers"] == [] and payload["chunk_sweep"]["rows"] == []
     assert payload["projection"] == {"float32": None, "bfloat16": None}
-    assert len(payload["skipped"]) == 2 * 2 + 2 + 2  # layers x dtypes, 2 chunks, 2 ks
+    assert payload["one_channel"]["rows"] == [] and payload["one_channel"]["one_over_all"] is None
+    # layers x dtypes, 2 chunks, 2 ks, and the first of the one-channel pair
+    assert len(payload["skipped"]) == 2 * 2 + 2 + 2 + 1
     assert "skipped" in proc.stdout.splitlines()[-1]  # the summary's last row says so
 
 
