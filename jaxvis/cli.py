@@ -129,6 +129,7 @@ def cmd_atlas(args: argparse.Namespace) -> None:
         snapshots=args.snapshots,
         cluster=joined,
         peer_timeout=args.peer_timeout,
+        tune_chunks=not args.no_chunk_tuning,
     )
     if joined.is_writer or out == args.out:
         print(out)
@@ -262,6 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-compile-cache",
         action="store_true",
         help="do not keep compiled programs in ~/.cache/jaxvis/xla for later runs",
+    )
+    p.add_argument(
+        "--no-chunk-tuning",
+        action="store_true",
+        help="on CPU, keep one unit per chunk instead of the chunk measured fastest per "
+        "layer on this CPU (~/.cache/jaxvis/cpu-chunks.json)",
     )
     _add_distributed_options(p)
     p.set_defaults(func=cmd_atlas)

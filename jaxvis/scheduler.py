@@ -13,13 +13,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import sys
 import time
 from collections.abc import Mapping, Sequence
 
 import jax
 import numpy as np
 
-from jaxvis import devices, engine, inflight, parts, presets
+from jaxvis import chunk_tune, devices, engine, inflight, parts, presets
 from jaxvis.atlas import AtlasWriter
 from jaxvis.cluster import SINGLE, Cluster, share
 from jaxvis.errors import JaxvisError
@@ -59,6 +60,7 @@ def generate_atlas(
     snapshots: int | None = None,
     cluster: Cluster = SINGLE,
     peer_timeout: float = 120.0,
+    tune_chunks: bool = False,
 ) -> str:
     """Writes (or resumes) an atlas of ``{layer: filters}`` to ``out``.
 
@@ -77,6 +79,11 @@ def generate_atlas(
     unfinished shows no heartbeat for ``peer_timeout`` seconds. Left-over parts of an
     earlier run are merged by any run of process 0, a single-process run included.
 
+    ``tune_chunks`` (the CLI's default) lets a single CPU device use the chunk measured
+    fastest for each layer on this CPU (jaxvis/chunk_tune.py): read from its cache, or
+    measured now for a layer with enough work to repay it. It applies where ``batch`` is
+    None.
+
     Returns:
       The file this process wrote: ``out``, or its part file.
     """
@@ -91,7 +98,7 @@ def generate_atlas(
             "--overwrite cannot be combined with --distributed; delete the atlas and its "
             ".parts folder, or choose another --out"
         )
-    programs = {}
+    programs, batches = {}, {}
     for layer, units in wanted.items():
         model.check_runs(layer, size)
         chunk = devices.chunk_size(model, layer, size, len(units), batch)
@@ -99,10 +106,16 @@ def generate_atlas(
         programs[layer] = engine.program(
             model, layer, size, config, steps=steps, snapshots=snapshots
         )
+        batches[layer] = batch
+    if tune_chunks and batch is None and cluster.num_processes == 1:
+        note = _say if progress else None
+        for layer, units in wanted.items():
+            prog = programs[layer]
+            batches[layer] = chunk_tune.choose(model, prog, layer, size, len(units), note)
     first = next(iter(programs.values())).ascent.recipe
     every = inflight.check_snapshots(snapshots, first.steps)
     provenance = {**run_identity(model, first, seed=seed), "device_kind": _device_kind(cluster)}
-    run = _Run(model, programs, wanted, size, seed, batch, snapshots, every, progress, cluster)
+    run = _Run(model, programs, wanted, size, seed, batches, snapshots, every, progress, cluster)
     if not cluster.is_writer:
         return _write_part(run, out, provenance, peer_timeout)
     with AtlasWriter(out, provenance=provenance, overwrite=overwrite) as writer:
@@ -122,6 +135,10 @@ def generate_atlas(
     return out
 
 
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 @dataclasses.dataclass
 class _Run:
     """What one process computes: the checked request, its programs and settings."""
@@ -131,7 +148,7 @@ class _Run:
     wanted: dict
     size: int
     seed: int
-    batch: int | None
+    batches: dict  # {layer: units per chunk, or None for the device rule}
     snapshots: int | None
     every: int
     progress: bool
@@ -176,7 +193,7 @@ class _Run:
                     units,
                     size=self.size,
                     seed=self.seed,
-                    batch=self.batch,
+                    batch=self.batches[layer],
                     snapshots=self.snapshots,
                 ):
                     writer.write_chunk(layer, chunk)

@@ -9,6 +9,10 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="jaxvis-test-xla-"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+# The per-CPU chunk choices (jaxvis/chunk_tune.py), fresh too: none of the user's apply.
+os.environ.setdefault(
+    "JAXVIS_CHUNK_CACHE", os.path.join(tempfile.mkdtemp(prefix="jaxvis-test-chunks-"), "c.json")
+)
 
 import pytest  # noqa: E402
 
