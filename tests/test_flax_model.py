@@ -196,7 +196,7 @@ def test_linen_layers_names_and_provenance(linen):
     assert [(la.name, la.kind, la.num_filters) for la in model.layers] == LINEN_LAYERS
     assert not any(la.pre for la in model.layers)
     assert model.name == "LinenCNN" and model.logits == "output"
-    assert model.taps == frozenset({"deltas"})
+    assert model.taps == frozenset({"deltas", "select"})
     assert set(model.params["params"]) == {"Conv_0", "block", "Conv_1", "Dense_0"}
     info = model.info
     assert (info.source, info.preprocessing) == ("flax-model", "none")

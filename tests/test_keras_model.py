@@ -206,7 +206,7 @@ def test_functional_cnn_matches_keras(cnn):
     }  # fmt: skip
     assert fm.num_filters("flat") == 9 * 9 * 32 and fm.num_filters("c2") == 32
     assert (fm.min_size, fm.logits, fm.dtype, fm.name) == (24, "out:pre", "float32", "cnn")
-    assert fm.taps == {"deltas", "guided_relu"}
+    assert fm.taps == {"deltas", "guided_relu", "select"}
 
 
 def test_sequential_cnn_matches_keras(seq):
@@ -530,7 +530,7 @@ def _convs(*, activation: str, after) -> keras.Model:
 )
 def test_guided_relu_absent_where_a_rectifier_cannot_be_intercepted(rectifier):
     fm = from_keras(build(lambda: _convs(activation="linear", after=rectifier())))
-    assert fm.taps == {"deltas"}
+    assert fm.taps == {"deltas", "select"}
 
 
 def test_guided_relu_absent_with_a_fused_relu6_or_a_custom_layer():
@@ -541,8 +541,8 @@ def test_guided_relu_absent_with_a_fused_relu6_or_a_custom_layer():
     fused = build(lambda: _convs(activation="relu6", after=lambda x: x))
     custom = build(lambda: _convs(activation="relu", after=Scale()))
     plain = build(lambda: _convs(activation="linear", after=L.ReLU()))
-    assert from_keras(fused).taps == {"deltas"} and from_keras(custom).taps == {"deltas"}
-    assert from_keras(plain).taps == {"deltas", "guided_relu"}
+    assert from_keras(fused).taps == {"deltas", "select"} and from_keras(custom).taps == {"deltas", "select"}
+    assert from_keras(plain).taps == {"deltas", "guided_relu", "select"}
 
 
 # --- engine, files ----------------------------------------------------------------------

@@ -24,7 +24,11 @@ pins this against hand-truncated models with XLA's cost analysis.
 
 Taps (``jaxvis/models/taps.py``): ``deltas`` are honoured for linen and NNX, added to the
 named module's output before the rest of the model uses it. ``guided_relu`` is not: the
-ReLUs of a Flax model are inline function calls that no hook can reach.
+ReLUs of a Flax model are inline function calls that no hook can reach. ``select`` (one
+output channel of a conv layer, ``[N, h, w, 1]``) is honoured for a plain ``nn.Conv`` /
+``nnx.Conv`` with ``feature_group_count == 1`` and no mask (the backends' ``sliceable``),
+and listed in ``FeatureModel.taps`` only if every offered conv layer is one: the engine
+asks it of any layer whose kind is conv (``engine.selects``).
 
 Backends: ``jaxvis/models/flax_linen.py`` and ``jaxvis/models/flax_nnx.py``.
 """
@@ -48,7 +52,7 @@ from jaxvis.models import conventions
 from jaxvis.models import flax_linen as _linen
 from jaxvis.models import flax_nnx as _nnx
 from jaxvis.models.feature_model import PRE, FeatureModel, LayerInfo
-from jaxvis.models.taps import DELTAS, Taps
+from jaxvis.models.taps import DELTAS, SELECT, Taps
 from jaxvis.models.weights_info import WeightsInfo
 
 OUTPUT = "output"  # The layer name of the top-level module's own output.
@@ -60,9 +64,10 @@ _BATCH = 2  # a batch axis of 2 tells [N, C] outputs apart from unbatched arrays
 
 class _Backend(NamedTuple):
     params: Params
-    run: Callable[..., dict[str, Array]]  # (params, x, wanted, deltas, record) -> {key: out}
+    run: Callable[..., dict[str, Array]]  # (params, x, wanted, deltas, record, select)
     kind: Callable[[type], str]
     in_channels: Callable[[Any], int | None]
+    sliceable: Callable[[Any], bool]  # can the module compute one channel (Taps.select)?
 
 
 class _Found(NamedTuple):
@@ -70,6 +75,7 @@ class _Found(NamedTuple):
     info: LayerInfo
     rank: int  # 4 for a [N, H, W, C] map, 2 for a [N, C] vector
     dtype: str
+    sliceable: bool  # the module can compute one output channel alone (Taps.select)
 
 
 def from_flax(
@@ -107,6 +113,9 @@ def from_flax(
     fn, description = conventions.resolve(preprocess)
     found = _select(_discover(backend, fn, name), layers, name)
     keys = {f.info.name: f.key for f in found}
+    sliced = {f.info.name for f in found if f.sliceable}
+    convs = [f for f in found if f.info.kind == "conv"]
+    select = bool(convs) and all(f.sliceable for f in convs)
     top = [f for f in found if f.key == ""]
     logits = OUTPUT if top and top[0].rank == 2 else None
     info = WeightsInfo(
@@ -119,13 +128,13 @@ def from_flax(
     )
     return FeatureModel(
         name=name,
-        apply=_make_apply(backend.run, fn, keys, name),
+        apply=_make_apply(backend.run, fn, keys, name, sliced),
         params=backend.params,
         layers=tuple(f.info for f in found),
         info=info,
         dtype=found[0].dtype,
         logits=logits,
-        taps=frozenset({DELTAS}),
+        taps=frozenset({DELTAS, SELECT} if select else {DELTAS}),
     )
 
 
@@ -140,7 +149,7 @@ def _backend(module, variables, method_kwargs: dict) -> _Backend:
         params = {k: v for k, v in variables.items() if k != "intermediates"}
         params = jax.tree_util.tree_map(jnp.asarray, params)
         run = _linen.make_run(module, method_kwargs)
-        return _Backend(params, run, _linen.kind, _linen.in_channels)
+        return _Backend(params, run, _linen.kind, _linen.in_channels, _linen.sliceable)
     if _nnx.is_module(module):
         if variables is not None:
             raise JaxvisError(
@@ -150,7 +159,7 @@ def _backend(module, variables, method_kwargs: dict) -> _Backend:
         _nnx.check_capture()
         graphdef, state = _nnx.split(module)
         run = _nnx.make_run(graphdef, method_kwargs)
-        return _Backend(state, run, _nnx.kind, _nnx.in_channels)
+        return _Backend(state, run, _nnx.kind, _nnx.in_channels, _nnx.sliceable)
     raise JaxvisError(
         "from_flax needs a flax.linen.Module (with its variables) or a flax.nnx.Module; "
         f"got {type(module).__module__}.{type(module).__qualname__}"
@@ -164,10 +173,12 @@ class _Recorder:
     for grayscale or RGBA input fails with a one-line error instead of a shape error.
     """
 
-    def __init__(self, in_channels: Callable[[Any], int | None], model: str):
+    def __init__(self, backend: _Backend, model: str):
         self.types: dict[str, type] = {}  # key -> module class, in order of finishing
+        self.sliceable: dict[str, bool] = {}  # key -> backend.sliceable(module)
         self.counts: collections.Counter = collections.Counter()
-        self._in_channels = in_channels
+        self._in_channels = backend.in_channels
+        self._sliceable = backend.sliceable
         self._model = model
         self._checked = False
 
@@ -188,13 +199,14 @@ class _Recorder:
     def leave(self, key: str, module) -> None:
         self.counts[key] += 1
         self.types.setdefault(key, type(module))
+        self.sliceable.setdefault(key, self._sliceable(module))
 
 
 def _discover(backend: _Backend, preprocess, model: str) -> list[_Found]:
     """Every map or vector layer, by ``jax.eval_shape`` at the first size that traces."""
     failures = []
     for size in DISCOVERY_SIZES:
-        record = _Recorder(backend.in_channels, model)
+        record = _Recorder(backend, model)
         image = jax.ShapeDtypeStruct((_BATCH, size, size, 3), jnp.float32)
         try:
             shapes = jax.eval_shape(
@@ -225,7 +237,8 @@ def _layers(record: _Recorder, shapes: Mapping, kind: Callable) -> list[_Found]:
         if key not in names or record.counts[key] != 1 or not _is_layer(out):
             continue
         info = LayerInfo(names[key], kind(module_type), int(out.shape[-1]))
-        found.append(_Found(key, info, len(out.shape), jnp.dtype(out.dtype).name))
+        dtype, sliceable = jnp.dtype(out.dtype).name, record.sliceable[key]
+        found.append(_Found(key, info, len(out.shape), dtype, sliceable))
     return found
 
 
@@ -260,7 +273,7 @@ def _select(found: list[_Found], layers: Sequence[str] | None, model: str) -> li
     return [f for f in found if f.info.name in wanted]
 
 
-def _make_apply(run: Callable, preprocess, keys: Mapping[str, str], model: str):
+def _make_apply(run: Callable, preprocess, keys: Mapping[str, str], model: str, sliced):
     """The model's one pure ``apply(params, images, stop_at, taps=None)``.
 
     The forward pass is jitted on its own (and inlined into any jit around it), so that
@@ -270,8 +283,9 @@ def _make_apply(run: Callable, preprocess, keys: Mapping[str, str], model: str):
     order = list(keys)
 
     @functools.partial(jax.jit, static_argnames="names")
-    def forward(params, images, deltas, names: tuple[str, ...]) -> dict[str, Array]:
-        acts = run(params, preprocess(images), frozenset(keys[n] for n in names), deltas, None)
+    def forward(params, images, deltas, select, names: tuple[str, ...]) -> dict[str, Array]:
+        wanted = frozenset(keys[n] for n in names)
+        acts = run(params, preprocess(images), wanted, deltas, None, select)
         return {n: acts[keys[n]].astype(jnp.float32) for n in names}
 
     def apply(
@@ -283,7 +297,8 @@ def _make_apply(run: Callable, preprocess, keys: Mapping[str, str], model: str):
           params: the variables (linen) or the split state (NNX).
           images: float [N, H, W, 3] RGB in [0, 1].
           stop_at: a layer name (a ``":pre"`` suffix is read as the layer itself).
-          taps: ``taps.deltas`` are added to the named layers' outputs.
+          taps: ``taps.deltas`` are added to the named layers' outputs; a conv layer
+            in ``taps.select`` computes only that channel, [N, h, w, 1].
 
         Returns:
           ``{name: [N, h, w, C] or [N, C]}`` float32, channels-last.
@@ -295,7 +310,8 @@ def _make_apply(run: Callable, preprocess, keys: Mapping[str, str], model: str):
             )
         _check_images(images)
         names = tuple(order[: order.index(stop) + 1])
-        acts = forward(params, images, _deltas(taps, keys, model), names)
+        deltas = _deltas(taps, keys, model)
+        acts = forward(params, images, deltas, _selected(taps, keys, model, sliced), names)
         return {n: acts[n] for n in names}  # in model order; jit sorts dict keys
 
     return apply
@@ -311,6 +327,23 @@ def _deltas(taps: Taps | None, keys: Mapping[str, str], model: str) -> dict[str,
                 f"a delta for {name!r}, which is no layer of {model}; valid layers: {choices(keys)}"
             )
     return {keys[name]: delta for name, delta in taps.deltas.items()}
+
+
+def _selected(taps: Taps | None, keys: Mapping[str, str], model: str, sliced) -> dict:
+    """``taps.select`` keyed by the backend's keys, or a one-line error for a layer that
+    cannot compute one channel alone or that a delta also names."""
+    if taps is None:
+        return {}
+    for name in taps.select:
+        if name not in sliced:
+            raise JaxvisError(
+                f"Taps.select names {name!r}, which cannot compute one channel alone: only "
+                f"an nn.Conv or nnx.Conv without feature groups or mask can; in {model}: "
+                f"{choices(sorted(sliced)) or 'none'}"
+            )
+        if name in taps.deltas:
+            raise JaxvisError(f"Taps.select and Taps.deltas both name {name!r} of {model}")
+    return {keys[name]: jnp.asarray(c, jnp.int32) for name, c in taps.select.items()}
 
 
 def _check_images(images) -> None:

@@ -14,6 +14,13 @@ those methods again, outside ours, so what it sows already includes the delta. L
 ``nnx.capture`` itself, this patches classes for the duration of the call: do not trace
 the same module classes from two threads at once.
 
+One channel (``select``, from ``Taps.select``): the wrapper of a selected ``nnx.Conv``
+(:func:`sliceable`) also runs ``nnx.Conv.__call__`` on a stand-in whose kernel and bias are
+the conv's own, sliced to the traced channel (every other attribute is the conv's:
+strides, padding, dilations, dtype, precision), and that ``[N, h, w, 1]`` replaces what
+``nnx.capture`` sowed for it. The full output still flows on, but nothing returned depends
+on it, so under ``jit`` XLA drops the full conv.
+
 Submodules are keyed by their attribute path joined with ``/`` (``"block/conv"``,
 ``"layers/0"``); the top-level module is ``""``.
 """
@@ -21,6 +28,7 @@ Submodules are keyed by their attribute path joined with ``/`` (``"block/conv"``
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 from collections.abc import Callable, Mapping
 
@@ -29,12 +37,14 @@ from flax import nnx
 
 from jaxvis._types import Array, Params
 from jaxvis.errors import JaxvisError
+from jaxvis.models import taps as _taps
 
 # The flax.nnx layer classes, by jaxvis LayerInfo.kind (flax/nnx/nn/linear.py).
 _KINDS = (
     ("conv", (nnx.Conv, nnx.ConvTranspose)),
     ("dense", (nnx.Linear, nnx.LinearGeneral)),
 )
+_CONV_CALL = nnx.Conv.__call__  # resolved at import, before any class is patched
 TESTED_FLAX = "0.12.8"  # the first flax this adapter was tested with (nnx.capture)
 
 Run = Callable[..., dict[str, Array]]
@@ -62,6 +72,34 @@ def in_channels(module: nnx.Module) -> int | None:
     return module.in_features if isinstance(module, nnx.Conv) else None
 
 
+def sliceable(module: nnx.Module) -> bool:
+    """Whether ``module`` can compute one output channel alone (``Taps.select``): an
+    ``nnx.Conv`` that runs flax's own ``__call__`` (seen through the wrappers of a forward
+    pass in progress), with ``feature_group_count == 1`` and no ``mask``."""
+    if not isinstance(module, nnx.Conv):
+        return False
+    call = inspect.unwrap(_own_call(type(module)))
+    return call is _CONV_CALL and module.feature_group_count == 1 and module.mask is None
+
+
+class _OneChannel:
+    """An ``nnx.Conv`` seen with its kernel and bias sliced to one output channel."""
+
+    def __init__(self, conv: nnx.Conv, channel: Array):
+        bias = None if conv.bias is None else conv.bias[...]
+        self.kernel, self.bias = _taps.one_channel(conv.kernel[...], bias, channel)
+        self._conv = conv
+
+    def __getattr__(self, name: str):
+        return getattr(self._conv, name)
+
+
+def one_channel(method, conv: nnx.Conv, args: tuple, kwargs: Mapping, channel: Array) -> Array:
+    """Output channel ``channel`` of ``conv`` on ``args``, [N, h, w, 1]: ``method`` (its
+    original ``nnx.Conv.__call__``) run on :class:`_OneChannel`."""
+    return method(_OneChannel(conv, channel), *args, **kwargs)
+
+
 def check_capture() -> None:
     """A one-line error if this flax has no ``nnx.capture(..., method_outputs=)``."""
     capture = getattr(nnx, "capture", None)
@@ -78,16 +116,17 @@ def split(module: nnx.Module):
 
 
 def make_run(graphdef, method_kwargs: Mapping) -> Run:
-    """The forward pass as ``run(state, x, wanted, deltas, record)``, as in
+    """The forward pass as ``run(state, x, wanted, deltas, record, select)``, as in
     ``jaxvis/models/flax_linen.py`` (``make_run``), with the NNX state for variables."""
     kwargs = dict(method_kwargs)
 
-    def run(state: Params, x: Array, wanted, deltas, record) -> dict[str, Array]:
+    def run(state: Params, x: Array, wanted, deltas, record, select=None) -> dict:
         module = nnx.merge(graphdef, state)
         forward = nnx.capture(module, nnx.Intermediate, method_outputs=nnx.Intermediate)
-        with _hooked(module, deltas, record):
+        picked: dict[str, Array] = {}  # the one-channel outputs of selected convs
+        with _hooked(module, deltas, record, select or {}, picked):
             _, sown = forward(x, **kwargs)
-        out = dict(_calls(sown, ()))
+        out = dict(_calls(sown, ())) | picked
         return out if wanted is None else {k: v for k, v in out.items() if k in wanted}
 
     return run
@@ -103,7 +142,7 @@ def _calls(tree: Mapping, path: tuple):
 
 
 @contextlib.contextmanager
-def _hooked(module: nnx.Module, deltas: Mapping[str, Array], record):
+def _hooked(module: nnx.Module, deltas: Mapping[str, Array], record, select, picked):
     """Wraps ``__call__`` of every module class in ``module``'s tree while in the block."""
     paths = {id(m): key(p) for p, m in nnx.iter_modules(module)}
     classes = {type(m) for _, m in nnx.iter_modules(module)}
@@ -111,7 +150,7 @@ def _hooked(module: nnx.Module, deltas: Mapping[str, Array], record):
     saved = {cls: cls.__dict__.get("__call__") for cls in calls if calls[cls] is not None}
     active: set[int] = set()
     for cls in saved:
-        cls.__call__ = _wrapper(calls[cls], paths, active, deltas, record)
+        cls.__call__ = _wrapper(calls[cls], paths, active, (deltas, select, picked), record)
     try:
         yield
     finally:
@@ -130,9 +169,12 @@ def _own_call(cls: type):
     return None
 
 
-def _wrapper(method, paths: Mapping[int, str], active: set[int], deltas, record):
-    """``method`` with the delta and recorder applied on a module's outermost call."""
+def _wrapper(method, paths: Mapping[int, str], active: set[int], taps: tuple, record):
+    """``method`` with the delta, the one channel and the recorder applied on a module's
+    outermost call; ``taps`` is ``(deltas, select, picked)``."""
+    deltas, select, picked = taps
 
+    @functools.wraps(method)  # inspect.unwrap finds method (sliceable)
     def __call__(self, *args, **kwargs):
         ident = id(self)
         if ident not in paths or ident in active:
@@ -147,6 +189,8 @@ def _wrapper(method, paths: Mapping[int, str], active: set[int], deltas, record)
             active.discard(ident)
         if name in deltas:
             y = y + deltas[name].astype(y.dtype)
+        if name in select:
+            picked[name] = one_channel(method, self, args, kwargs, select[name])
         if record is not None:
             record.leave(name, self)
         return y

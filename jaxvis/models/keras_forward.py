@@ -4,7 +4,9 @@ The FeatureModel's ``apply`` (:func:`apply`) and the shape-only survey of a whol
 (:func:`survey`) that lists its layers. Keras reads each variable from a
 ``keras.StatelessScope`` that maps it to its entry in ``params``, opened inside the
 traced function, so the weights are arguments of the compiled program, never constants;
-the graph walk is :mod:`jaxvis.models.keras_graph`.
+the graph walk is :mod:`jaxvis.models.keras_graph`. ``taps.select`` may name only
+``stop_at`` (a plain Conv2D: ``keras_graph.sliceable``), whose channel the walk computes
+alone.
 """
 
 from __future__ import annotations
@@ -101,12 +103,26 @@ def apply(
     bad = [d for d in (taps.deltas if taps else ()) if d.removesuffix(PRE) not in pres]
     if bad:
         raise JaxvisError(f"deltas for unknown layers of {spec.name}: {choices(bad)}")
+    _check_select(spec, taps, target)
     walk = kg.Walk(taps, target)
     try:
         forward(spec, walk, params, images)
     except kg.Stopped:
         return walk.acts
     raise JaxvisError(f"layer {target!r} of {spec.name} was never computed")
+
+
+def _check_select(spec: Spec, taps: Taps | None, target: str) -> None:
+    """A one-line error unless ``taps.select`` names ``stop_at`` alone (the walk stops
+    there, so the one channel never flows into a later layer) and no delta of it."""
+    names = list(taps.select) if taps else []
+    if any(n != target for n in names):
+        raise JaxvisError(
+            f"Taps.select names {choices(names)} of {spec.name}, but it can only name the "
+            f"layer computed last, stop_at {target!r}"
+        )
+    if names and {d.removesuffix(PRE) for d in taps.deltas} & set(names):
+        raise JaxvisError(f"Taps.select and Taps.deltas both name {target!r} of {spec.name}")
 
 
 def survey(spec: Spec, params: Params, h: int, w: int) -> list[kg.Seen]:

@@ -13,6 +13,12 @@ BatchNormalization reads its moving statistics, Dropout and the random augmentat
 layers are the identity, and a mixed-precision layer casts and computes as it does in
 Keras. Variables are read from the ``keras.StatelessScope`` the caller opens.
 
+One channel (``taps.select``): a plain ``keras.layers.Conv2D`` (:func:`sliceable`) named
+there computes only that output channel, with its kernel and bias sliced by the traced
+index and its own strides, padding, dilation, data_format, compute dtype and fused
+activation, so both ``name`` and ``name:pre`` hold ``[N, h, w, 1]``. Any other layer named
+there is a one-line error.
+
 Layouts: a rank-4 output is ``[N, C, H, W]`` where the layer's ``data_format`` is
 ``channels_first``; a layer without a ``data_format`` (BatchNormalization, Activation,
 Add) keeps the layout of its first input. Recorded activations are float32 and
@@ -123,6 +129,42 @@ def _linear(op):
         yield
     finally:
         op.activation = act
+
+
+def sliceable(op) -> bool:
+    """Whether ``op`` can compute one output channel alone (``taps.select``): a
+    ``keras.layers.Conv2D`` (or a subclass that keeps its ``call`` and ``convolution_op``)
+    with ``groups=1``, not quantized. DepthwiseConv2D, SeparableConv2D and
+    Conv2DTranspose are other classes, so they are not."""
+    import keras
+    from keras.src.layers.convolutional.base_conv import BaseConv
+
+    conv = keras.layers.Conv2D
+    return (
+        isinstance(op, conv)
+        and type(op).call is BaseConv.call
+        and type(op).convolution_op is BaseConv.convolution_op
+        and getattr(op, "groups", 1) == 1
+        and getattr(op, "quantization_mode", None) is None
+    )
+
+
+def one_channel_conv(op, x: Array, channel: Array) -> Array:
+    """Output channel ``channel`` of a :func:`sliceable` conv's linear part, in its own
+    layout ([N, h, w, 1], or [N, 1, h, w] for channels_first): what ``BaseConv.call``
+    computes before the activation, with the kernel (always (kh, kw, in, out) in Keras)
+    and bias sliced. Variables are read as ``op`` reads them, from the StatelessScope the
+    caller opened, and cast to the layer's compute dtype as Keras's autocast does."""
+    import keras
+
+    dtype = op.compute_dtype
+    kernel = keras.ops.convert_to_tensor(op.kernel, dtype=dtype)  # LoRA included
+    bias = keras.ops.convert_to_tensor(op.bias, dtype=dtype) if op.use_bias else None
+    kernel, bias = _taps.one_channel(kernel, bias, channel)
+    y = op.convolution_op(keras.ops.cast(x, dtype), kernel)
+    if bias is not None:
+        y = y + bias.reshape((1, 1, 1, 1))  # one channel: the same in either layout
+    return y
 
 
 def _act_name(fn) -> str:
@@ -241,20 +283,31 @@ class Walk:
         if "training" in getattr(op, "_call_context_args", ()):
             kwargs = {**kwargs, "training": False}  # as Functional.call passes it
         act = fused_activation(op)
+        channel = _taps.selected(self.taps, name)
+        if channel is not None and not sliceable(op):
+            raise JaxvisError(
+                f"Taps.select names layer {name!r} ({type(op).__name__}), which cannot compute "
+                "one channel alone; only a keras.layers.Conv2D with groups=1 can"
+            )
         try:
-            if self.taps is not None and self.taps.guided_relu and plain_relu(op):
+            if channel is not None:
+                pre = one_channel_conv(op, args[0], channel)
+            elif self.taps is not None and self.taps.guided_relu and plain_relu(op):
                 x = args[0]
                 return _taps.guided_relu(x.astype(getattr(op, "compute_dtype", x.dtype)))
-            if act is None:
+            elif act is None:
                 pooled = _tiled_max_pool(op, args)
                 return op(*args, **kwargs) if pooled is None else pooled
-            with _linear(op):
-                pre = op(*args, **kwargs)
+            else:
+                with _linear(op):
+                    pre = op(*args, **kwargs)
         except (JaxvisError, Stopped):
             raise
         except Exception as err:  # a Keras shape or dtype error: one line, at the boundary
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise JaxvisError(f"layer {name!r} ({type(op).__name__}) failed: {first}") from err
+        if act is None:  # a selected conv without a fused activation: no ":pre"
+            return pre
         pre = self.emit(name + PRE, op, pre, layout)
         return _taps.relu(pre, self.taps) if act is keras.activations.relu else act(pre)
 

@@ -23,7 +23,11 @@ outputs, layouts, taps, truncation) is :mod:`jaxvis.models.keras_graph`.
   ``keras.layers.ReLU()`` with default arguments, ``Activation("relu")`` or
   ``keras.ops.relu``. relu6 (MobileNetV2), leaky_relu, ELU, a ReLU with arguments, or a
   layer whose inside cannot be seen (a custom layer class, a subclassed sub-model, an
-  ``Activation`` of a custom function) withholds it.
+  ``Activation`` of a custom function) withholds it. ``select`` (the target conv computes
+  only the traced unit's channel) if every conv layer is a plain ``Conv2D`` with
+  ``groups=1`` (``keras_graph.sliceable``); one DepthwiseConv2D, SeparableConv2D,
+  Conv2DTranspose or grouped conv withholds it, since the engine asks it of any layer
+  whose kind is conv.
 * **Provenance**: for a model in memory, ``sha256`` hashes the variables in the order of
   their keys (sorted): for each, the key (UTF-8), a NUL byte, the numpy dtype string
   (e.g. ``<f4``), the shape as text, then the raw C-order bytes. ``load_keras`` uses the
@@ -45,7 +49,7 @@ from jaxvis.models import conventions
 from jaxvis.models import keras_forward as kf
 from jaxvis.models import keras_graph as kg
 from jaxvis.models.feature_model import PRE, FeatureModel, LayerInfo
-from jaxvis.models.taps import DELTAS, GUIDED_RELU
+from jaxvis.models.taps import DELTAS, GUIDED_RELU, SELECT
 from jaxvis.models.weights_info import WeightsInfo
 
 # Square sizes tried, in order, to list the layers of a model whose input size is free.
@@ -196,11 +200,16 @@ def _logits(seen: list[kg.Seen]) -> str | None:
     return last.name + PRE if softmax else last.name
 
 
-def _taps(graph) -> frozenset[str]:
-    """``deltas``, plus ``guided_relu`` if every rectifier is a plain, interceptable ReLU."""
+def _taps(graph, seen: list[kg.Seen]) -> frozenset[str]:
+    """``deltas``; ``guided_relu`` if every rectifier is a plain, interceptable ReLU;
+    ``select`` if every readable layer of kind conv can compute one channel alone
+    (``kg.sliceable``): the engine asks it of any conv layer (``engine.selects``)."""
     roles = {kg.relu_role(op) for _, op in kg.operations(graph)}
     guided = "plain" in roles and "other" not in roles
-    return frozenset({DELTAS, GUIDED_RELU} if guided else {DELTAS})
+    convs = [s.op for s in seen if kg.is_readable(s.shape) and kg.kind(s.op) == "conv"]
+    select = bool(convs) and all(kg.sliceable(op) for op in convs)
+    taps = {DELTAS: True, GUIDED_RELU: guided, SELECT: select}
+    return frozenset(name for name, honoured in taps.items() if honoured)
 
 
 def _compute_dtype(keras, model, graph) -> str:
@@ -260,7 +269,7 @@ def _build(keras, model, preprocess, name: str | None, sha256: str, path: str) -
         unavailable=unavailable,
         dtype=_compute_dtype(keras, model, graph),
         logits=logits,
-        taps=_taps(graph),
+        taps=_taps(graph, seen),
     )
 
 
