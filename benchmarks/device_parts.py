@@ -287,7 +287,9 @@ def one_channel(run: Run, clock: PartClock, reuse: Case | None) -> list[dict]:
             cases.append(dataclasses.replace(reuse, variant=label))
             continue
         call = run.call_estimate(dtype, layer, chunk, prog.block_steps)
-        need = run.compile_estimate(layer, prog.block_steps) + call + run.timing_estimate([call] * 2)
+        need = (
+            run.compile_estimate(layer, prog.block_steps) + call + run.timing_estimate([call] * 2)
+        )
         if not clock.allows(f"{layer} {dtype} {label}", need):
             clock.done()
             return []

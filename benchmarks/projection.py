@@ -33,9 +33,9 @@ def _layer_row(model, rows: list[dict], layer: str, idle_conv_ceiling: float) ->
     src = _nearest(model.conv_layers, rows, layer)
     hoisted = bool(src["target_grad_hoisted"])
     selected = bool(src.get("target_conv_one_channel"))  # as the measured program ran
-    executed = step_flops(
-        model, layer, ATLAS_SIZE, k=src["k"], hoisted=hoisted, selected=selected
-    )["executed"]
+    executed = step_flops(model, layer, ATLAS_SIZE, k=src["k"], hoisted=hoisted, selected=selected)[
+        "executed"
+    ]
     layer_flops = filters * ATLAS_STEPS * executed
     at_224 = [r for r in rows if r["layer"] == layer and r["size"] == ATLAS_SIZE]
     measured = filters * ATLAS_STEPS / at_224[0]["filter_steps_per_s"] if at_224 else None

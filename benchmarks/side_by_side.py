@@ -6,7 +6,8 @@ target conv, weights frozen, one call that optimizes filters 0-3 of ``block4_con
 and Lucid's transforms. Lucent runs in its own interpreter as a persistent worker
 (benchmarks/lucent_worker.py); each round times one whole call of each side, one after
 the other (each after a 1 s pause, so the other side's threads are idle), and one
-conv-ceiling kernel, so the two sides and the ceiling see the same machine state. The ratio is taken per round; the table gives the medians.
+conv-ceiling kernel, so the two sides and the ceiling see the same machine state. The
+ratio is taken per round; the table gives the medians.
 
 jaxvis's side is a whole ``jaxvis.visualize`` call with the lucid preset (the second
 call and later: the first one compiles), for each chunk size in ``--batches``.
@@ -150,8 +151,10 @@ def run(args) -> None:
                 "eff conv": rate * step / ceiling,
             }
         )
-    print(f"\n{args.layer}, {args.size} px, {args.steps} steps, filters {args.filters}; "
-          f"{args.rounds} rounds; conv ceiling {ceiling / 1e9:.1f} GFLOP/s (median)")
+    print(
+        f"\n{args.layer}, {args.size} px, {args.steps} steps, filters {args.filters}; "
+        f"{args.rounds} rounds; conv ceiling {ceiling / 1e9:.1f} GFLOP/s (median)"
+    )
     print(f"device: {env.describe_device()}")
     print_table(rows)
     if not args.no_save:

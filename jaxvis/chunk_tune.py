@@ -1,14 +1,14 @@
 """The chunk size on CPU, measured once per CPU and layer and kept on disk.
 
 On CPU the default is one unit per device (jaxvis/devices.py), but the best chunk depends
-on the layer's shape and on the CPU: on the 2-core AVX-512 VM, block5_conv3 at 128 px
-(8x8 maps) ran 25 % faster with 4 units per chunk, block4_conv1 at 128 px was equal at 1
-and 2, and block3_conv3 at 224 px was fastest at 1 (benchmarks/README.md, "Chunk size per
-CPU and layer"); on an AVX2 CPU, 4 units were 10 % faster at block4_conv1. So a constant
-cannot be right everywhere. :func:`choose` measures the candidates on first use, where
-the layer's job is big enough to repay it, and keeps the winner in a small JSON file
-keyed by the CPU (model name, vector flags, cores), the jax version, the model, layer,
-size, dtype and recipe; later runs read it.
+on the layer's shape and on the CPU. On the 2-core AVX-512 VM, block5_conv3 at 128 px
+(8x8 maps) ran 10-25 % faster with 2 or 4 units per chunk, block4_conv1 at 128 px was
+within noise at 1 and 2, and block3_conv3 at 224 px was fastest at 1, by 13 % or more. On
+an AVX2 CPU, 4 units were 10 % faster at block4_conv1 (benchmarks/README.md, "Chunk size
+per CPU and layer"). So a constant cannot be right everywhere. :func:`choose` measures
+the candidates on first use, where the layer's job is big enough to repay it, and keeps
+the winner in a small JSON file keyed by the CPU (model name, vector flags, cores), the
+jax version, the model, layer, size, dtype and recipe; later runs read it.
 
 The cache file is ``$JAXVIS_CHUNK_CACHE``, else ``$XDG_CACHE_HOME/jaxvis/cpu-chunks.json``
 (``~/.cache/jaxvis/cpu-chunks.json``). It holds only numbers, read with ``json``; a file
@@ -69,7 +69,8 @@ def key(model, layer: str, size: int, recipe) -> str:
     """The cache key of one layer's chunk choice on this CPU and jax version."""
     what = json.dumps(recipe.run_description, sort_keys=True, default=str)
     digest = hashlib.sha256(what.encode()).hexdigest()[:12]
-    return f"{cpu_signature()}|jax {jax.__version__}|{model.name} {model.dtype}|{layer}|{size}|{digest}"
+    where = f"{model.name} {model.dtype}|{layer}|{size}|{digest}"
+    return f"{cpu_signature()}|jax {jax.__version__}|{where}"
 
 
 def load() -> dict:
@@ -116,6 +117,16 @@ def rate(prog, params, layer: str, chunk: int, repeats: int = 2) -> float:
     return chunk * prog.block_steps / best
 
 
+def pick(rates: dict[int, float]) -> int:
+    """The chunk to keep for measured filter-steps/s by chunk: the largest that beats
+    every smaller one kept so far by :data:`MARGIN`."""
+    best = min(rates)
+    for c in sorted(rates):
+        if rates[c] > MARGIN * rates[best]:
+            best = c
+    return best
+
+
 def choose(model, prog, layer: str, size: int, n_units: int, note=None) -> int | None:
     """The chunk for ``layer`` on this CPU: the cached choice, else, for a big enough job,
     the fastest of :data:`CANDIDATES` (measured now and cached), else None (the default
@@ -132,16 +143,16 @@ def choose(model, prog, layer: str, size: int, n_units: int, note=None) -> int |
     if note:
         note(f"measuring the chunk size for {layer} on this CPU (once; kept in {cache_path()})")
     rates = {c: rate(prog, model.params, layer, c) for c in CANDIDATES if c <= n_units}
-    best = 1
-    for c in sorted(rates):
-        if rates[c] > MARGIN * rates[best]:
-            best = c
+    best = pick(rates)
     if note:
         shown = ", ".join(f"{c}: {r:.3g}" for c, r in rates.items())
         note(f"{layer}: chunk {best} (filter-steps/s by chunk: {shown})")
     _store(
         key(model, layer, size, recipe),
-        {"chunk": best, "filter_steps_per_s": {str(c): r for c, r in rates.items()},
-         "date": time.strftime("%Y-%m-%d")},
+        {
+            "chunk": best,
+            "filter_steps_per_s": {str(c): r for c, r in rates.items()},
+            "date": time.strftime("%Y-%m-%d"),
+        },
     )
     return best

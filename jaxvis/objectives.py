@@ -271,8 +271,10 @@ def channel(layer: str, unit: int | None = None, *, pre: bool = True) -> Objecti
 
     def read(acts, traced_unit, narrowed):
         a = _read(acts, base, pre)
-        idx = _narrowed_index(a, base) if narrowed else _unit_index(
-            unit, traced_unit, a.shape[-1], base
+        idx = (
+            _narrowed_index(a, base)
+            if narrowed
+            else _unit_index(unit, traced_unit, a.shape[-1], base)
         )
         return _mean32(jnp.take(a, idx, axis=-1))
 
@@ -326,8 +328,10 @@ def neuron(
         row, col = h // 2 if y is None else y, w // 2 if x is None else x
         if not (0 <= row < h and 0 <= col < w):
             raise JaxvisError(f"neuron position (y={row}, x={col}) is outside {base!r} ({h}x{w})")
-        idx = _narrowed_index(a, base) if narrowed else _unit_index(
-            unit, traced_unit, a.shape[-1], base
+        idx = (
+            _narrowed_index(a, base)
+            if narrowed
+            else _unit_index(unit, traced_unit, a.shape[-1], base)
         )
         return _mean32(jnp.take(a[:, row, col, :], idx, axis=-1))
 

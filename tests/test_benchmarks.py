@@ -90,6 +90,23 @@ def test_chunk_sweep_tiny(tmp_path, bench_env):
     assert payload["conclusions"]
 
 
+def test_chunk_choice_tiny(tmp_path, bench_env):
+    payload = run_tiny("chunk_choice", tmp_path, bench_env)
+    rows = payload["rows"]
+    assert [r["chunk"] for r in rows] == [1, 2, 4]
+    assert sum(r["chosen"] for r in rows) == 1 and all(r["filter_steps_per_s"] > 0 for r in rows)
+
+
+def test_side_by_side_maps_layers_and_needs_lucent(tmp_path):
+    from benchmarks import side_by_side
+
+    names = [side_by_side.torchvision_name(la) for la in ("block1_conv1", "block4_conv1")]
+    assert names == ["features_0", "features_17"]  # torchvision vgg16.features indices
+    assert side_by_side.torchvision_name("block5_conv3") == "features_28"
+    with pytest.raises(SystemExit, match="no Lucent interpreter"):
+        side_by_side.main(["--lucent-python", str(tmp_path / "none"), "--no-save"])
+
+
 def test_sequential_tiny(tmp_path, bench_env):
     payload = run_tiny("sequential", tmp_path, bench_env)
     rows = payload["rows"]

@@ -57,7 +57,9 @@ def test_measures_once_then_reads_the_cache(model, cache, monkeypatch, rates, ch
     notes = []
     assert chunk_tune.choose(model, _prog(model), LAYER, SIZE, 64, notes.append) == chosen
     assert calls == [1, 2, 4] and len(notes) == 2
-    entry = json.loads(cache.read_text())[chunk_tune.key(model, LAYER, SIZE, _prog(model).ascent.recipe)]
+    entry = json.loads(cache.read_text())[
+        chunk_tune.key(model, LAYER, SIZE, _prog(model).ascent.recipe)
+    ]
     assert entry["chunk"] == chosen
     calls.clear()
     assert chunk_tune.choose(model, _prog(model), LAYER, SIZE, 64) == chosen

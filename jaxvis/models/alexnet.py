@@ -138,8 +138,15 @@ class AlexNet(nn.Module):
                 )(x)
             else:  # one channel (taps.select), from the same params
                 p = self.variables["params"][name]
-                pre = conv_channel(x, p["kernel"], p["bias"], channel, strides=(stride, stride),
-                                   padding=padding, dtype=self.dtype)
+                pre = conv_channel(
+                    x,
+                    p["kernel"],
+                    p["bias"],
+                    channel,
+                    strides=(stride, stride),
+                    padding=padding,
+                    dtype=self.dtype,
+                )
             acts[name + PRE] = pre = tapped(taps, name + PRE, pre)
             acts[name] = x = tapped(taps, name, relu(pre, taps))
             if name == stop_at:

@@ -77,8 +77,9 @@ def one_channel(kernel: Array, bias: Array | None, channel: Array) -> tuple:
     return k, b
 
 
-def conv_channel(x: Array, kernel: Array, bias: Array, channel: Array, *, strides, padding,
-                 dtype) -> Array:
+def conv_channel(
+    x: Array, kernel: Array, bias: Array, channel: Array, *, strides, padding, dtype
+) -> Array:
     """Output channel ``channel`` of a channels-last 2-D conv (HWIO kernel), [N, h, w, 1]:
     what ``flax.linen.Conv`` computes for that channel, with input, kernel and bias cast to
     ``dtype`` as it casts them."""

@@ -101,13 +101,23 @@ class VGG16(nn.Module):
                 channel = selected(taps, layer.name)
                 if channel is None:
                     pre = nn.Conv(
-                        layer.num_filters, (3, 3), padding="SAME", dtype=self.dtype,
+                        layer.num_filters,
+                        (3, 3),
+                        padding="SAME",
+                        dtype=self.dtype,
                         name=layer.name,
                     )(x)
                 else:  # one channel (taps.select), from the same params
                     p = self.variables["params"][layer.name]
-                    pre = conv_channel(x, p["kernel"], p["bias"], channel, strides=(1, 1),
-                                       padding="SAME", dtype=self.dtype)
+                    pre = conv_channel(
+                        x,
+                        p["kernel"],
+                        p["bias"],
+                        channel,
+                        strides=(1, 1),
+                        padding="SAME",
+                        dtype=self.dtype,
+                    )
                 acts[layer.name + PRE] = pre = tapped(taps, layer.name + PRE, pre)
                 x = relu(pre, taps)
             elif layer.kind == "pool":
