@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 
 import jax
 import numpy as np
+from tqdm import tqdm
 
 from jaxvis import chunk_tune, devices, engine, inflight, parts, presets
 from jaxvis.atlas import AtlasWriter
@@ -81,8 +82,8 @@ def generate_atlas(
 
     ``tune_chunks`` (the CLI's default) lets a single CPU device use the chunk measured
     fastest for each layer on this CPU (jaxvis/chunk_tune.py): read from its cache, or
-    measured now for a layer with enough work to repay it. It applies where ``batch`` is
-    None.
+    measured just before the layer's first chunk, if the units still to do repay it. It
+    applies where ``batch`` is None, in single-process runs.
 
     Returns:
       The file this process wrote: ``out``, or its part file.
@@ -98,7 +99,7 @@ def generate_atlas(
             "--overwrite cannot be combined with --distributed; delete the atlas and its "
             ".parts folder, or choose another --out"
         )
-    programs, batches = {}, {}
+    programs = {}
     for layer, units in wanted.items():
         model.check_runs(layer, size)
         chunk = devices.chunk_size(model, layer, size, len(units), batch)
@@ -106,16 +107,13 @@ def generate_atlas(
         programs[layer] = engine.program(
             model, layer, size, config, steps=steps, snapshots=snapshots
         )
-        batches[layer] = batch
-    if tune_chunks and batch is None and cluster.num_processes == 1:
-        note = _say if progress else None
-        for layer, units in wanted.items():
-            prog = programs[layer]
-            batches[layer] = chunk_tune.choose(model, prog, layer, size, len(units), note)
+    tune = tune_chunks and batch is None and cluster.num_processes == 1
     first = next(iter(programs.values())).ascent.recipe
     every = inflight.check_snapshots(snapshots, first.steps)
     provenance = {**run_identity(model, first, seed=seed), "device_kind": _device_kind(cluster)}
-    run = _Run(model, programs, wanted, size, seed, batches, snapshots, every, progress, cluster)
+    run = _Run(
+        model, programs, wanted, size, seed, batch, snapshots, every, progress, cluster, tune
+    )
     if not cluster.is_writer:
         return _write_part(run, out, provenance, peer_timeout)
     with AtlasWriter(out, provenance=provenance, overwrite=overwrite) as writer:
@@ -135,10 +133,6 @@ def generate_atlas(
     return out
 
 
-def _say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
 @dataclasses.dataclass
 class _Run:
     """What one process computes: the checked request, its programs and settings."""
@@ -148,11 +142,12 @@ class _Run:
     wanted: dict
     size: int
     seed: int
-    batches: dict  # {layer: units per chunk, or None for the device rule}
+    batch: int | None
     snapshots: int | None
     every: int
     progress: bool
     cluster: Cluster
+    tune: bool = False  # the per-CPU chunk choice (jaxvis/chunk_tune.py) where batch is None
 
     def request(self, writer: AtlasWriter, units: Mapping | None = None) -> None:
         """Records the request (``units``, by default all wanted) and each layer's
@@ -166,6 +161,15 @@ class _Run:
             outputs={la: self.model.output_kind(la, self.size) for la in self.wanted},
             snapshot_every={la: self.every for la in self.wanted},
         )
+
+    def _batch(self, layer: str, n_units: int) -> int | None:
+        """The chunk for the ``n_units`` of ``layer`` still to do: ``batch``, or the one
+        measured fastest on this CPU (measured now, before the layer's first chunk, if
+        it is unknown and the work repays it), or None for the device rule."""
+        if not self.tune:
+            return self.batch
+        note = (lambda line: tqdm.write(line, file=sys.stderr)) if self.progress else None
+        return chunk_tune.choose(self.model, self.programs[layer], layer, self.size, n_units, note)
 
     def shares(self) -> dict[str, list[int]]:
         return {la: share(units, self.cluster) for la, units in self.wanted.items()}
@@ -193,7 +197,7 @@ class _Run:
                     units,
                     size=self.size,
                     seed=self.seed,
-                    batch=self.batches[layer],
+                    batch=self._batch(layer, len(units)),
                     snapshots=self.snapshots,
                 ):
                     writer.write_chunk(layer, chunk)
