@@ -42,7 +42,7 @@ from benchmarks.timing import median
 # atlas's FLOPs (benchmarks/README.md, "Projection"), so they are measured before the
 # budget can run out, and each of the 13 conv layers borrows the rate of one of these
 # (benchmarks/projection.py). The ten compiled blocks (5 layers x 2 dtypes) fit the
-# layers part's 240 s if a 16-step block to block5_conv3 compiles in about 18 s or less
+# layers part's 230 s if a 16-step block to block5_conv3 compiles in about 17 s or less
 # (benchmarks/README.md, "Accelerator check"); past that, what does not fit is skipped.
 FULL_LAYERS = ("block5_conv3", "block4_conv3", "block3_conv3", "block2_conv2", "block1_conv2")
 MODES = {
