@@ -271,29 +271,32 @@ def channel(layer: str, unit: int | None = None, *, pre: bool = True) -> Objecti
 
     def read(acts, traced_unit, narrowed):
         a = _read(acts, base, pre)
-        idx = (
-            _narrowed_index(a, base)
-            if narrowed
-            else _unit_index(unit, traced_unit, a.shape[-1], base)
-        )
-        return _mean32(jnp.take(a, idx, axis=-1))
+        return _mean32(jnp.take(a, _channel(a, base, unit, traced_unit, narrowed), axis=-1))
 
-    desc = f"channel({_shown(base, pre)}{_unit_str(unit)})"
+    return _unit_read(read, base, unit, f"channel({_shown(base, pre)}{_unit_str(unit)})")
+
+
+def _channel(a: Array, base: str, unit: int | None, traced: Array, narrowed: bool):
+    """The channel of ``a`` to read: 0 when narrowed (``a`` holds the unit's channel
+    alone), else the traced or fixed unit."""
+    if narrowed:
+        return _narrowed_index(a, base)
+    return _unit_index(unit, traced, a.shape[-1], base)
+
+
+def _unit_read(read, base: str, unit: int | None, description: str) -> Objective:
+    """The Objective of ``read(acts, traced_unit, narrowed)``, a read of one channel of
+    ``base``. Its ``narrow`` is the narrowed read for ``base`` when the channel is the
+    traced unit's; a fixed unit cannot narrow (it needs its own channel)."""
+
+    def narrow(layer):
+        if unit is not None or layer != base:
+            return None
+        return lambda acts, images, u: read(acts, u, True)
+
     return Objective(
-        lambda acts, images, u: read(acts, u, False),
-        (base,),
-        desc,
-        unit is None,
-        _narrow_traced(unit, base, lambda acts, images, u: read(acts, u, True)),
+        lambda acts, images, u: read(acts, u, False), (base,), description, unit is None, narrow
     )
-
-
-def _narrow_traced(unit: int | None, base: str, narrowed: ObjectiveFn):
-    """``Objective.narrow`` of a read of the traced unit's channel of ``base``: the
-    narrowed ``fn`` for ``base``; a fixed unit cannot narrow (it needs its own channel)."""
-    if unit is not None:
-        return None
-    return lambda layer: narrowed if layer == base else None
 
 
 def neuron(
@@ -328,23 +331,12 @@ def neuron(
         row, col = h // 2 if y is None else y, w // 2 if x is None else x
         if not (0 <= row < h and 0 <= col < w):
             raise JaxvisError(f"neuron position (y={row}, x={col}) is outside {base!r} ({h}x{w})")
-        idx = (
-            _narrowed_index(a, base)
-            if narrowed
-            else _unit_index(unit, traced_unit, a.shape[-1], base)
-        )
+        idx = _channel(a, base, unit, traced_unit, narrowed)
         return _mean32(jnp.take(a[:, row, col, :], idx, axis=-1))
 
     pos = {k: v for k, v in (("x", x), ("y", y)) if v is not None}
     where = f", {_kwargs_str(**pos)}" if pos else ""
-    desc = f"neuron({_shown(base, pre)}{_unit_str(unit)}{where})"
-    return Objective(
-        lambda acts, images, u: read(acts, u, False),
-        (base,),
-        desc,
-        unit is None,
-        _narrow_traced(unit, base, lambda acts, images, u: read(acts, u, True)),
-    )
+    return _unit_read(read, base, unit, f"neuron({_shown(base, pre)}{_unit_str(unit)}{where})")
 
 
 def class_logit(unit: int | None = None) -> Objective:
