@@ -89,16 +89,26 @@ def tuned(model, layer: str, size: int, recipe) -> int | None:
     return chunk if isinstance(chunk, int) and chunk >= 1 else None
 
 
-def _store(k: str, entry: dict) -> None:
-    """Adds ``entry`` under ``k``, atomically (a temporary file renamed over the old)."""
+def _store(k: str, entry: dict) -> bool:
+    """Adds ``entry`` under ``k``, atomically (a temporary file renamed over the old);
+    False, and nothing left behind, where the cache folder cannot be written: the
+    choice then holds for this run only."""
     path = cache_path()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    folder = os.path.dirname(path) or "."
     data = load()
     data[k] = entry
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    tmp = None
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except OSError:
+        if tmp is not None and os.path.exists(tmp):
+            os.remove(tmp)
+        return False
+    return True
 
 
 def rate(prog, params, layer: str, chunk: int, repeats: int = 2) -> float:
@@ -147,12 +157,8 @@ def choose(model, prog, layer: str, size: int, n_units: int, note=None) -> int |
     if note:
         shown = ", ".join(f"{c}: {r:.3g}" for c, r in rates.items())
         note(f"{layer}: chunk {best} (filter-steps/s by chunk: {shown})")
-    _store(
-        key(model, layer, size, recipe),
-        {
-            "chunk": best,
-            "filter_steps_per_s": {str(c): r for c, r in rates.items()},
-            "date": time.strftime("%Y-%m-%d"),
-        },
-    )
+    entry = {"chunk": best, "filter_steps_per_s": {str(c): r for c, r in rates.items()}}
+    kept = _store(key(model, layer, size, recipe), {**entry, "date": time.strftime("%Y-%m-%d")})
+    if note and not kept:
+        note(f"could not write {cache_path()}; the choice holds for this run only")
     return best

@@ -110,3 +110,16 @@ def test_the_atlas_runs_at_the_tuned_chunk(model, cache, monkeypatch, tmp_path):
     seen.clear()
     scheduler.generate_atlas(model, str(tmp_path / "b.h5"), layers, **common)
     assert seen[-1] is None  # off: the device rule
+
+
+def test_an_unwritable_cache_folder_keeps_the_choice_for_the_run(model, tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("JAXVIS_CHUNK_CACHE", str(blocker / "sub" / "chunks.json"))  # no folder
+    monkeypatch.setattr(chunk_tune, "MIN_WORK", 1)
+    _fake_rates(monkeypatch, {1: 1.0, 2: 5.0, 4: 1.0})
+    notes = []
+    assert chunk_tune.choose(model, _prog(model), LAYER, SIZE, 64, notes.append) == 2
+    assert "could not write" in notes[-1] and sorted(p.name for p in tmp_path.iterdir()) == [
+        "a-file"
+    ]
