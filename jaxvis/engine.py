@@ -38,7 +38,6 @@ from jaxvis.ascent import Ascent
 from jaxvis.errors import JaxvisError
 from jaxvis.inflight import check_snapshots, chunks
 from jaxvis.models.feature_model import FeatureModel
-from jaxvis.models.taps import SELECT
 
 # Steps unrolled per compiled block. On XLA:CPU a while-loop body ran convolutions 3-4x
 # slower than straight-line code (benchmarks/README.md, "while-loop convolutions"), so the
@@ -108,7 +107,11 @@ class Program:
 
     def _block(self, params, state, keys, units, start):
         self.traces += 1
-        step = jax.vmap(self.ascent.step_one, in_axes=(None, 0, 0, 0, None))
+        # A nested jit: the step is traced and lowered once, not once per unrolled copy.
+        # XLA inlines the calls, so the compiled block is the same program; this only
+        # cuts the Python time of a compile, which the persistent cache cannot keep
+        # (benchmarks/README.md, "Persistent compilation cache").
+        step = jax.jit(jax.vmap(self.ascent.step_one, in_axes=(None, 0, 0, 0, None)))
         values = []
         for j in range(self.block_steps):  # unrolled on purpose: see BLOCK_STEPS
             state, value = step(params, state, keys, units, start + j)
@@ -171,12 +174,11 @@ _programs: collections.OrderedDict = collections.OrderedDict()
 
 def selects(model: FeatureModel, stop_at: str, objective) -> bool:
     """Whether the forward pass can compute only the traced unit's channel of ``stop_at``:
-    a conv layer of a model that honours ``Taps.select``, and an objective that reads
+    a conv layer that the model can slice (``FeatureModel.can_select``), and an objective that reads
     nothing else of it (``Objective.on_unit_channel``). A channel objective then costs
     one output channel of the target conv instead of all of them."""
     return (
-        SELECT in model.taps
-        and model.layer(stop_at).kind == "conv"
+        model.can_select(stop_at)
         and objective.uses_unit
         and objective.on_unit_channel(stop_at) is not None
     )

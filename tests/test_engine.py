@@ -2,6 +2,7 @@
 
 import dataclasses
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -72,6 +73,39 @@ def test_second_call_does_not_retrace(random_vgg):
     ragged = jaxvis.visualize(random_vgg, "block1_conv1", [1, 2, 4], batch=2, **SMALL)
     assert prog.traces == traces
     assert list(ragged.filters) == [1, 2, 4]
+
+
+def _instructions(hlo: str) -> list[str]:
+    """The instructions of an optimized HLO text, with names, metadata and attributes
+    that only say where an op came from taken out."""
+    hlo = re.sub(r", (metadata|origin|frontend_attributes|sharding)=\{[^}]*\}", "", hlo)
+    hlo = re.sub(r"%[\w.\-]+", "%x", hlo)  # instruction and computation names
+    hlo = re.sub(r"\b[\w\-]+(\.\d+)+\b", "N", hlo)  # numbered names, decimals
+    lines = (line.strip() for line in hlo.splitlines())
+    return sorted(line for line in lines if line.startswith(("%", "ROOT")))
+
+
+def test_block_compiles_to_the_same_program_as_a_plain_unroll(random_vgg):
+    # Program._block calls a jitted step (traced once); XLA inlines the calls, so what
+    # runs must be what a straight unroll of the step compiles to.
+    prog = engine.program(random_vgg, "block1_conv1", 32, presets.get("keras-vis"), steps=3)
+    assert prog.block_steps == 3
+    keys_ = jax.vmap(jax.random.key)(jnp.arange(2))
+    units = jnp.array([0, 1], jnp.int32)
+    state = prog.init(keys_)
+
+    def plain(params, state, keys_, units, start):
+        step = jax.vmap(prog.ascent.step_one, in_axes=(None, 0, 0, 0, None))
+        values = []
+        for j in range(prog.block_steps):
+            state, value = step(params, state, keys_, units, start + j)
+            values.append(value)
+        return state, jnp.stack(values, axis=1)
+
+    args = (random_vgg.params, state, keys_, units, jnp.int32(0))
+    nested = jax.jit(prog._block).lower(*args).compile().as_text()
+    unrolled = jax.jit(plain).lower(*args).compile().as_text()
+    assert _instructions(nested) == _instructions(unrolled)
 
 
 def test_chunk_size_does_not_change_pictures(random_vgg):
