@@ -93,11 +93,14 @@ def _use_compile_cache(enabled: bool) -> None:
     if not enabled:
         jax.config.update("jax_enable_compilation_cache", False)
         return
+    if not os.environ.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"):
+        # Every program, the small init and finish ones too: they recompile in about
+        # 0.3 s each but load in milliseconds (benchmarks/README.md, same section).
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         return
     home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     jax.config.update("jax_compilation_cache_dir", os.path.join(home, "jaxvis", "xla"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 def cmd_atlas(args: argparse.Namespace) -> None:
