@@ -117,6 +117,22 @@ def test_sequential_tiny(tmp_path, bench_env):
     assert payload["peers"] is None  # tiny settings are not the peers' settings
 
 
+def test_compile_cache_tiny(tmp_path, bench_env):
+    payload = run_tiny("compile_cache", tmp_path, bench_env)
+    first, repeat = payload["runs"]
+    assert (first["run"], repeat["run"]) == ("first", "repeat")
+    # The first run compiles every program; the repeat loads every one of them, the small
+    # init and finish programs too (the CLI caches programs of any compile time).
+    assert first["cache_hits"] == 0 and first["cache_misses"] > 0
+    assert repeat["cache_misses"] == 0
+    assert repeat["cache_hits"] == repeat["compile_requests_use_cache"] == first["cache_misses"]
+    assert [r["what"] for r in payload["rows"]] == [
+        "block1_conv1, compile",
+        "whole run, compile",
+        "whole run, wall",
+    ]
+
+
 def test_snapshots_tiny(tmp_path, bench_env):
     payload = run_tiny("snapshots", tmp_path, bench_env)
     rows = payload["rows"]
