@@ -318,7 +318,9 @@ def test_mobilenetv2_matches_keras_with_tf_preprocessing():
     fed = keras.applications.mobilenet_v2.preprocess_input(x * 255.0)
     names = ["Conv1", "expanded_conv_project", "block_1_expand_relu", "block_2_add"]
     check_layers(fm, x, outputs_of(model, names), model.input, fed=fed)
-    assert fm.taps == {"deltas"}  # relu6 cannot be guided
+    assert fm.taps == {"deltas", "select"}  # relu6 cannot be guided
+    depthwise = {la.name for la in model.layers if isinstance(la, L.DepthwiseConv2D)}
+    assert depthwise and fm.unsliceable == depthwise  # the plain Conv2Ds slice
 
 
 def linear_copy(layer, input_shape):

@@ -146,14 +146,7 @@ def test_input_gradient_of_one_channel_matches(models, which, layer):
 
 @pytest.mark.parametrize("which, layer", [("keras", "k3"), ("linen", "c")])
 def test_visualize_selects_and_gives_the_pictures_of_the_full_conv(models, which, layer):
-    model, lucid, units = models[which], presets.get("lucid"), np.array([0, 3])
-    assert engine.program(model, layer, SIZE, lucid, steps=4).ascent.select  # CPU default
-    off = engine.program(model, layer, SIZE, lucid, steps=4, select=False)
-    assert not off.ascent.select
-    ref = run_chunk(off, model.params, 0, layer, units, len(units))
-    vis = jaxvis.visualize(model, layer, units, size=SIZE, steps=4)
-    np.testing.assert_allclose(vis.history, ref.history, rtol=1e-4, atol=1e-4)
-    assert np.abs(vis.images.astype(int) - ref.images.astype(int)).max() <= 1
+    _same_pictures(models[which], layer, sliced=True)
 
 
 def _flops(fn, *args) -> float:
@@ -183,17 +176,32 @@ def test_one_channel_saves_the_other_channels_of_the_conv(models, which, layer, 
     assert full - one >= 0.7 * others, (full, one, others)
 
 
-def test_keras_layers_that_cannot_slice_are_never_selected():
+def _same_pictures(model, layer, sliced: bool):
+    """visualize() at the CPU default slices ``layer`` or not, as asked, and gives the
+    pictures of the full conv."""
+    lucid, units = presets.get("lucid"), np.array([0, 3])
+    assert engine.program(model, layer, SIZE, lucid, steps=4).ascent.select is sliced
+    off = engine.program(model, layer, SIZE, lucid, steps=4, select=False)
+    ref = run_chunk(off, model.params, 0, layer, units, len(units))
+    vis = jaxvis.visualize(model, layer, units, size=SIZE, steps=4)
+    np.testing.assert_allclose(vis.history, ref.history, rtol=1e-4, atol=1e-4)
+    assert np.abs(vis.images.astype(int) - ref.images.astype(int)).max() <= 1
+
+
+def test_keras_convs_that_cannot_slice_are_computed_whole():
     x = inp = keras.Input((SIZE, SIZE, 3))
     x = L.Conv2D(4, 3, activation="relu", name="plain")(x)
     x = L.DepthwiseConv2D(3, name="depth")(x)
+    x = L.Conv2D(4, 3, name="after")(x)
     x = L.Flatten(name="flat")(x)
     x = L.Dense(3, name="dense")(x)
     model = from_keras(_randomized(keras.Model(inp, x, name="mixed"), 4))
-    assert "select" not in model.taps  # one DepthwiseConv2D withholds it
+    assert "select" in model.taps and model.unsliceable == {"depth"}
     assert not engine.selects(model, "depth", objectives.channel("depth"))
-    assert not engine.selects(model, "plain", objectives.channel("plain"))
-    assert not engine.program(model, "plain", SIZE, presets.get("lucid"), steps=2).ascent.select
+    # The plain convs around it still compute one channel.
+    assert engine.selects(model, "plain", objectives.channel("plain"))
+    _same_pictures(model, "after", sliced=True)
+    _same_pictures(model, "depth", sliced=False)
     for layer in ("depth", "dense"):
         with pytest.raises(JaxvisError, match=f"'{layer}'.*cannot compute one channel") as err:
             model.apply(model.params, _images(), layer, Taps(select={layer: jnp.int32(0)}))
@@ -210,11 +218,13 @@ class LinenGrouped(nn.Module):
         return nn.Dense(3, name="dense")(x.mean((1, 2)))
 
 
-def test_flax_layers_that_cannot_slice_are_never_selected():
+def test_flax_convs_that_cannot_slice_are_computed_whole():
     net = LinenGrouped()
     model = from_flax(net, net.init(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3))))
-    assert "select" not in model.taps  # one grouped conv withholds it
+    assert "select" in model.taps and model.unsliceable == {"grouped"}
     assert not engine.selects(model, "grouped", objectives.channel("grouped"))
+    assert engine.selects(model, "plain", objectives.channel("plain"))
+    _same_pictures(model, "grouped", sliced=False)
     for layer in ("grouped", "dense"):
         with pytest.raises(JaxvisError, match=f"'{layer}'.*cannot compute one channel") as err:
             model.apply(model.params, _images(), layer, Taps(select={layer: jnp.int32(0)}))

@@ -20,6 +20,7 @@ import numpy as np
 
 from jaxvis._types import Array, Params
 from jaxvis.errors import JaxvisError, choices
+from jaxvis.models.taps import SELECT
 from jaxvis.models.weights_info import WeightsInfo
 
 LayerKind = Literal["conv", "pool", "dense", "flatten", "other"]
@@ -83,7 +84,11 @@ class FeatureModel:
         its head, ``"<last layer>:pre"`` for a Keras classifier whose softmax is fused),
         or ``None`` when the model has no head; class targets read it.
       taps: which :class:`~jaxvis.models.taps.Taps` ``apply`` honours as its optional
-        fourth argument (``"deltas"``, ``"guided_relu"``); attribution refuses the rest.
+        fourth argument (``"deltas"``, ``"guided_relu"``, ``"select"``); attribution
+        refuses the rest, and the engine slices a conv only with ``"select"``.
+      unsliceable: conv layers that ``Taps.select`` cannot name although the model lists
+        ``"select"`` (a depthwise or grouped conv next to plain ones): the engine
+        computes them whole (:meth:`can_select`).
     """
 
     name: str
@@ -96,6 +101,7 @@ class FeatureModel:
     dtype: str = "float32"
     logits: str | None = None
     taps: frozenset[str] = frozenset()
+    unsliceable: frozenset[str] = frozenset()
 
     def layer(self, name: str) -> LayerInfo:
         """The named layer, or a one-line error listing the valid ones."""
@@ -107,6 +113,15 @@ class FeatureModel:
         raise JaxvisError(
             f"unknown layer {name!r} for {self.name}; valid layers: "
             f"{choices(la.name for la in self.layers)}"
+        )
+
+    def can_select(self, layer: str) -> bool:
+        """Whether ``apply`` can compute only one output channel of conv ``layer``
+        (``Taps.select``)."""
+        return (
+            SELECT in self.taps
+            and self.layer(layer).kind == "conv"
+            and layer not in self.unsliceable
         )
 
     def num_filters(self, layer: str) -> int:

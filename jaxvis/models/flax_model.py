@@ -27,8 +27,8 @@ named module's output before the rest of the model uses it. ``guided_relu`` is n
 ReLUs of a Flax model are inline function calls that no hook can reach. ``select`` (one
 output channel of a conv layer, ``[N, h, w, 1]``) is honoured for a plain ``nn.Conv`` /
 ``nnx.Conv`` with ``feature_group_count == 1`` and no mask (the backends' ``sliceable``),
-and listed in ``FeatureModel.taps`` only if every offered conv layer is one: the engine
-asks it of any layer whose kind is conv (``engine.selects``).
+the other conv layers are listed in ``FeatureModel.unsliceable`` and computed whole
+(``engine.selects``).
 
 Backends: ``jaxvis/models/flax_linen.py`` and ``jaxvis/models/flax_nnx.py``.
 """
@@ -114,8 +114,8 @@ def from_flax(
     found = _select(_discover(backend, fn, name), layers, name)
     keys = {f.info.name: f.key for f in found}
     sliced = {f.info.name for f in found if f.sliceable}
-    convs = [f for f in found if f.info.kind == "conv"]
-    select = bool(convs) and all(f.sliceable for f in convs)
+    convs = [f.info.name for f in found if f.info.kind == "conv"]
+    unsliceable = frozenset(name for name in convs if name not in sliced)
     top = [f for f in found if f.key == ""]
     logits = OUTPUT if top and top[0].rank == 2 else None
     info = WeightsInfo(
@@ -134,7 +134,8 @@ def from_flax(
         info=info,
         dtype=found[0].dtype,
         logits=logits,
-        taps=frozenset({DELTAS, SELECT} if select else {DELTAS}),
+        taps=frozenset({DELTAS, SELECT} if len(unsliceable) < len(convs) else {DELTAS}),
+        unsliceable=unsliceable,
     )
 
 

@@ -24,10 +24,10 @@ outputs, layouts, taps, truncation) is :mod:`jaxvis.models.keras_graph`.
   ``keras.ops.relu``. relu6 (MobileNetV2), leaky_relu, ELU, a ReLU with arguments, or a
   layer whose inside cannot be seen (a custom layer class, a subclassed sub-model, an
   ``Activation`` of a custom function) withholds it. ``select`` (the target conv computes
-  only the traced unit's channel) if every conv layer is a plain ``Conv2D`` with
-  ``groups=1`` (``keras_graph.sliceable``); one DepthwiseConv2D, SeparableConv2D,
-  Conv2DTranspose or grouped conv withholds it, since the engine asks it of any layer
-  whose kind is conv.
+  only the traced unit's channel) for the conv layers that are a plain ``Conv2D`` with
+  ``groups=1`` (``keras_graph.sliceable``); a DepthwiseConv2D, SeparableConv2D,
+  Conv2DTranspose or grouped conv is listed in ``FeatureModel.unsliceable`` and
+  computed whole, and a model with no plain conv does not list ``select``.
 * **Provenance**: for a model in memory, ``sha256`` hashes the variables in the order of
   their keys (sorted): for each, the key (UTF-8), a NUL byte, the numpy dtype string
   (e.g. ``<f4``), the shape as text, then the raw C-order bytes. ``load_keras`` uses the
@@ -200,16 +200,21 @@ def _logits(seen: list[kg.Seen]) -> str | None:
     return last.name + PRE if softmax else last.name
 
 
-def _taps(graph, seen: list[kg.Seen]) -> frozenset[str]:
-    """``deltas``; ``guided_relu`` if every rectifier is a plain, interceptable ReLU;
-    ``select`` if every readable layer of kind conv can compute one channel alone
-    (``kg.sliceable``): the engine asks it of any conv layer (``engine.selects``)."""
+def _taps(graph, seen: list[kg.Seen]) -> tuple[frozenset[str], frozenset[str]]:
+    """The taps honoured and the unsliceable convs. ``deltas``; ``guided_relu`` if every
+    rectifier is a plain, interceptable ReLU; ``select`` if a readable layer of kind conv
+    can compute one channel alone (``kg.sliceable``). The readable convs that cannot
+    (a DepthwiseConv2D, say) are the model's ``unsliceable``, computed whole."""
     roles = {kg.relu_role(op) for _, op in kg.operations(graph)}
     guided = "plain" in roles and "other" not in roles
-    convs = [s.op for s in seen if kg.is_readable(s.shape) and kg.kind(s.op) == "conv"]
-    select = bool(convs) and all(kg.sliceable(op) for op in convs)
-    taps = {DELTAS: True, GUIDED_RELU: guided, SELECT: select}
-    return frozenset(name for name, honoured in taps.items() if honoured)
+    convs = [
+        s
+        for s in seen
+        if not s.name.endswith(PRE) and kg.is_readable(s.shape) and kg.kind(s.op) == "conv"
+    ]
+    whole = frozenset(s.name for s in convs if not kg.sliceable(s.op))
+    taps = {DELTAS: True, GUIDED_RELU: guided, SELECT: len(whole) < len(convs)}
+    return frozenset(name for name, honoured in taps.items() if honoured), whole
 
 
 def _compute_dtype(keras, model, graph) -> str:
@@ -259,6 +264,7 @@ def _build(keras, model, preprocess, name: str | None, sha256: str, path: str) -
         framework=f"keras {keras.__version__}",
     )
     pres = {la.name: la.pre for la in layers}
+    taps, unsliceable = _taps(graph, seen)
     return FeatureModel(
         name=name or model.name,
         apply=functools.partial(kf.apply, spec, pres),
@@ -269,7 +275,8 @@ def _build(keras, model, preprocess, name: str | None, sha256: str, path: str) -
         unavailable=unavailable,
         dtype=_compute_dtype(keras, model, graph),
         logits=logits,
-        taps=_taps(graph, seen),
+        taps=taps,
+        unsliceable=unsliceable,
     )
 
 
