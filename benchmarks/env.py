@@ -34,8 +34,9 @@ def _cpuinfo(field: str) -> str | None:
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith(field):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                if key.strip() == field:
+                    return value.strip()
     except OSError:
         pass
     return None
@@ -44,6 +45,18 @@ def _cpuinfo(field: str) -> str | None:
 def cpu_model() -> str:
     """The host CPU's model name as /proc/cpuinfo gives it (or ``platform.processor()``)."""
     return _cpuinfo("model name") or platform.processor() or platform.machine()
+
+
+def cpu_id() -> str | None:
+    """x86 family, model and stepping ("family 25 model 17 stepping 1"), None elsewhere.
+
+    The project's VM has been three different CPUs whose model name is just "AMD EPYC";
+    only these numbers (and the flags) tell them apart (benchmarks/README.md, "Machines").
+    """
+    family, model, stepping = (_cpuinfo(f) for f in ("cpu family", "model", "stepping"))
+    if family is None or model is None:
+        return None
+    return f"family {family} model {model} stepping {stepping}"
 
 
 def cpu_vector_flags() -> list[str]:
@@ -82,6 +95,7 @@ def environment() -> dict:
         "date": datetime.date.today().isoformat(),
         "time": datetime.datetime.now().isoformat(timespec="seconds"),
         "cpu_model": cpu_model(),
+        "cpu_id": cpu_id(),
         "cpu_count": os.cpu_count(),
         "cpu_speed_flags": cpu_speed_flags(),
         "cpu_flags": cpu_vector_flags(),
@@ -106,7 +120,8 @@ def describe_device() -> str:
     """One line for the top of a benchmark's output: what ran it, and how loaded it was."""
     env = environment()
     flags = ", ".join(f"{f} {'yes' if on else 'no'}" for f, on in env["cpu_speed_flags"].items())
-    cpu = f"{env['cpu_model']}, {env['cpu_count']} cores, {flags}"
+    ident = f" ({env['cpu_id']})" if env["cpu_id"] else ""
+    cpu = f"{env['cpu_model']}{ident}, {env['cpu_count']} cores, {flags}"
     where = cpu if env["platform"] == "cpu" else f"{env['device_kind']}; host {cpu}"
     return (
         f"{env['platform']} ({where}) x{env['device_count']}; jax {env['jax']}, "

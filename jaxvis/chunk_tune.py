@@ -7,8 +7,9 @@ within noise at 1 and 2, and block3_conv3 at 224 px was fastest at 1, by 13 % or
 an AVX2 CPU, 4 units were 10 % faster at block4_conv1 (benchmarks/README.md, "Chunk size
 per CPU and layer"). So a constant cannot be right everywhere. :func:`choose` measures
 the candidates on first use, where the layer's job is big enough to repay it, and keeps
-the winner in a small JSON file keyed by the CPU (model name, vector flags, cores), the
-jax version, the model, layer, size, dtype and recipe; later runs read it.
+the winner in a small JSON file keyed by the CPU (model name, x86 family and model, vector
+flags, cores), the jax version, the model, layer, size, dtype and recipe; later runs read
+it.
 
 The cache file is ``$JAXVIS_CHUNK_CACHE``, else ``$XDG_CACHE_HOME/jaxvis/cpu-chunks.json``
 (``~/.cache/jaxvis/cpu-chunks.json``). It holds only numbers, read with ``json``; a file
@@ -47,11 +48,12 @@ def cache_path() -> str:
     return os.path.join(home, "jaxvis", "cpu-chunks.json")
 
 
-def cpu_signature() -> str:
-    """The CPU as far as chunk speed goes: model name, vector flags, cores."""
-    name, flags = "unknown cpu", set()
+def cpu_signature(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU as far as chunk speed goes: model name, x86 family and model, vector flags,
+    cores. Three CPUs of the project's VM were all named "AMD EPYC"."""
+    name, flags, ident = "unknown cpu", set(), {}
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(cpuinfo) as f:
             for line in f:
                 key, _, value = line.partition(":")
                 key = key.strip()
@@ -59,9 +61,13 @@ def cpu_signature() -> str:
                     name = value.strip()
                 elif key in ("flags", "Features") and not flags:
                     flags = set(value.split())
+                elif key in ("cpu family", "model") and key not in ident:
+                    ident[key] = value.strip()
     except OSError:
         pass
     vector = ",".join(f for f in _FLAGS if f in flags)
+    if ident:
+        name += f" (family {ident.get('cpu family', '?')} model {ident.get('model', '?')})"
     return f"{name} [{vector}] x{os.cpu_count()}"
 
 

@@ -15,6 +15,7 @@ so this keeps the file quick without changing which code runs.
 
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -55,6 +56,8 @@ def check_environment(payload: dict) -> None:
     env = payload["environment"]
     for key in ("platform", "jax", "jaxlib", "date", "cpu_model", "cpu_count", "load_average"):
         assert key in env, key
+    if os.path.exists("/proc/cpuinfo") and platform.machine() == "x86_64":
+        assert env["cpu_id"].startswith("family "), env["cpu_id"]  # the model name is not enough
     assert env["platform"] == "cpu"
     assert set(env["cpu_speed_flags"]) == {"avx2", "fma", "avx512f"}
     assert all(isinstance(v, bool) for v in env["cpu_speed_flags"].values())

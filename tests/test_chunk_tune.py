@@ -79,6 +79,25 @@ def test_another_cpu_or_jax_measures_again(model, cache, monkeypatch):
     assert len(json.loads(cache.read_text())) == 2  # both CPUs kept
 
 
+def test_cpus_of_one_model_name_are_told_apart_by_family_and_model(tmp_path):
+    # The project's VM has been Zen 3, Zen 4 and Zen 5 EPYCs, all named "AMD EPYC".
+    def info(family, model, flags):
+        text = (
+            f"processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: {family}\n"
+            f"model\t\t: {model}\nmodel name\t: AMD EPYC\nstepping\t: 1\nflags\t\t: {flags}\n"
+        )
+        path = tmp_path / f"cpuinfo-{family}-{model}"
+        path.write_text(text + text.replace(": 0", ": 1", 1))
+        return str(path)
+
+    zen3 = chunk_tune.cpu_signature(info(25, 1, "sse avx2 fma"))
+    zen4 = chunk_tune.cpu_signature(info(25, 17, "sse avx2 fma avx512f"))
+    zen5 = chunk_tune.cpu_signature(info(26, 2, "sse avx2 fma avx512f"))
+    assert zen3.startswith("AMD EPYC (family 25 model 1) [avx2,fma] x")
+    assert len({zen3, zen4, zen5}) == 3
+    assert zen4.replace("25 model 17", "26 model 2") == zen5
+
+
 def test_a_broken_cache_file_is_ignored_and_rewritten(model, cache, monkeypatch):
     cache.write_text("{not json")
     monkeypatch.setattr(chunk_tune, "MIN_WORK", 1)
