@@ -21,14 +21,21 @@ RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"
 def write_results(name: str, payload: dict, out_dir: str | None = None) -> str:
     """Writes ``<out_dir>/<name>-<device>-<YYYY-MM-DD>.json``; returns the path.
 
+    A result already there is kept: a second run that day writes ``...-<date>-2.json``
+    (then ``-3`` ...), so that a day's sittings, or two CPUs on one day, all survive.
+
     Args:
       out_dir: where to write; ``None`` for ``benchmarks/results``.
     """
     out_dir = out_dir or RESULTS_DIR
     os.makedirs(out_dir, exist_ok=True)
     environment = payload.setdefault("environment", env.environment())
-    path = os.path.join(out_dir, f"{name}-{env.device_slug()}-{environment['date']}.json")
-    with open(path, "w") as f:
+    stem = os.path.join(out_dir, f"{name}-{env.device_slug()}-{environment['date']}")
+    path, n = f"{stem}.json", 1
+    while os.path.exists(path):
+        n += 1
+        path = f"{stem}-{n}.json"
+    with open(path, "x") as f:
         json.dump(payload, f, indent=2, default=_json_default)
         f.write("\n")
     return path

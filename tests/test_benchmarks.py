@@ -211,3 +211,13 @@ def test_attribution_sanity_tiny(tmp_path, bench_env):
     for r in rows:
         values = [v for v in r["spearman"].values() if v is not None]
         assert set(r["spearman"]) == set(photos) and all(-1.0 <= v <= 1.0 for v in values)
+
+
+def test_a_second_result_of_the_day_does_not_overwrite_the_first(tmp_path):
+    from benchmarks import report
+
+    first = report.write_results("demo", {"run": 1}, str(tmp_path))
+    second = report.write_results("demo", {"run": 2}, str(tmp_path))
+    assert second == first[: -len(".json")] + "-2.json"
+    assert json.loads(Path(first).read_text())["run"] == 1
+    assert json.loads(Path(second).read_text())["run"] == 2
