@@ -221,3 +221,15 @@ def test_a_second_result_of_the_day_does_not_overwrite_the_first(tmp_path):
     assert second == first[: -len(".json")] + "-2.json"
     assert json.loads(Path(first).read_text())["run"] == 1
     assert json.loads(Path(second).read_text())["run"] == 2
+
+
+def test_isa_cap_tiny(tmp_path, bench_env):
+    payload = run_tiny("isa_cap", tmp_path, bench_env)
+    capped = [r for r in payload["runs"] if r["variant"] == "capped at AVX2"]
+    uncapped = [r for r in payload["runs"] if r["variant"] == "uncapped"]
+    assert len(capped) == len(uncapped) == 1
+    # The cap reached the child's XLA (and only that child's).
+    assert capped[0]["xla_flags"].endswith("--xla_cpu_max_isa=AVX2")
+    assert "max_isa" not in uncapped[0]["xla_flags"]
+    for row in payload["rows"]:
+        assert row["capped / uncapped"] > 0
