@@ -3,12 +3,15 @@
 Part 1 times forward + input gradient (what the ascent step runs through every conv) of
 each distinct VGG16 conv shape, per formulation of ``jaxvis/models/winograd.py``; part 2
 times a whole truncated VGG16 step with every conv replaced (benchmarks/conv_forms_net.py)
-against the stock model. Both are interleaved round-robin with the matmul and conv
+against the stock model; part 3 times the engine's real block (lucid preset, one unit per
+chunk, the target conv's one channel) with each conv by part 1's fastest formulation for
+its shape, against the stock block. Both are interleaved round-robin with the matmul and conv
 ceilings (benchmarks/timing.py), so the speedups are per-round ratios from one sitting.
 Effective GFLOP/s counts the direct conv's FLOPs for every formulation, so rates compare
 on the same work. Errors are max |y - y_lax| / max |y_lax| in fp32.
 
   python -m benchmarks.conv_forms [--tiny | --quick] [--out-dir DIR] [--no-save]
+  python -m benchmarks.conv_forms --shapes-from results/conv_forms-....json   # part 3 only
 """
 
 from __future__ import annotations
@@ -21,9 +24,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import ceilings, env, options
-from benchmarks.conv_forms_net import FORMS, STOCK, net_accuracy, net_case, per_shape_form
+from benchmarks.cases import prepare as prepare_block
+from benchmarks.conv_forms_net import (
+    FORMS,
+    STOCK,
+    conv_replaced,
+    net_accuracy,
+    net_case,
+    per_shape_form,
+)
 from benchmarks.report import print_table, write_results
 from benchmarks.timing import interleaved, median
+from jaxvis import engine, presets
 from jaxvis.models.vgg16 import FEATURE_LAYERS
 
 # Per mode: (sizes, batches, part-1 layers or None for all, part-2 layers, part-2 size).
@@ -31,6 +43,12 @@ SETTINGS = {
     "tiny": ((32,), (1,), ("block1_conv2",), ("block1_conv1",), 32),
     "quick": ((64,), (1, 4), None, ("block3_conv3", "block4_conv1"), 128),
     "full": ((128, 224), (1, 4), None, ("block3_conv3", "block4_conv1", "block5_conv3"), 128),
+}
+# Part 3 per mode: (layers, size) of the engine's lucid block, one unit per chunk.
+PART3 = {
+    "tiny": (("block1_conv2",), 32),
+    "quick": (("block4_conv1",), 128),
+    "full": (("block4_conv1", "block5_conv3"), 128),
 }
 # --tiny only checks that the code runs: F(4,3) shares F(2,3)'s code and compiles slowest.
 SKIP = {"tiny": ("winograd F(4,3)",), "quick": (), "full": ()}
@@ -198,30 +216,117 @@ def part2(mode: str, kernels: dict, rows1: list[dict]) -> tuple[list[dict], dict
     return rows, ceil
 
 
+def part3(mode: str, kernels: dict, rows1: list[dict], weights: str) -> tuple[list[dict], dict]:
+    """The engine's lucid block at one unit per chunk, stock and with each conv by the
+    formulation part 1 measured fastest for its shape (batch 1), interleaved. The sliced
+    target conv stays ``lax.conv``. Accuracy is one block's objective values from the same
+    start; ``hlo_convs`` shows how many convs each compiled block kept. ``weights`` is
+    ``--weights`` (parts 1 and 2 use random weights)."""
+    layers, size = PART3[mode]
+    model = options.load_model(weights, "float32")
+    table = fastest_per_shape(rows1, size, 1)
+    pairs = []
+    for layer in layers:
+        stock = engine.program(model, layer, size, presets.get("lucid"), steps=64)
+        stock_case = prepare_block(model, stock, layer, size, 1, f"{layer} | {STOCK}")
+        with conv_replaced(per_shape_form(table)):
+            forms = engine.Program(stock.ascent, stock.block_steps)
+            forms_case = prepare_block(model, forms, layer, size, 1, f"{layer} | {PER_SHAPE}")
+        pairs.append((stock_case, forms_case))
+    values = {c.variant: _one_block(c) for pair in pairs for c in pair}
+    times, ceil = interleaved(
+        [c for pair in pairs for c in pair], kernels, TARGET_S[mode], MIN_ROUNDS[mode]
+    )
+    rows = []
+    for stock_case, forms_case in pairs:
+        t0, t1 = times[stock_case.variant], times[forms_case.variant]
+        v0 = values[stock_case.variant]
+        for case, t in ((stock_case, t0), (forms_case, t1)):
+            rows.append(
+                {
+                    "layer": case.layer,
+                    "size": size,
+                    "variant": case.variant.split(" | ")[1],
+                    "filter-steps/s": case.k / median(t),
+                    "speedup": median([a / b for a, b in zip(t0, t, strict=True)]),
+                    "values_rel_err": float(
+                        np.abs(values[case.variant] - v0).max() / np.abs(v0).max()
+                    ),
+                    # fewer convs than stock: the patch reached the compiled block
+                    "hlo_convs": case.compiled.as_text().count(" convolution("),
+                    "times_s": t,
+                }
+            )
+    return rows, ceil
+
+
+def _one_block(case) -> np.ndarray:
+    """The objective values of the case's first block, from the state ``prepare`` made.
+    Stock and per-shape cases of a layer start from the same state (the same unit keys),
+    so their values compare; timing then continues from the state this block returns."""
+    case.args[1], values = case.compiled(*case.args)
+    return np.asarray(values)
+
+
 def _ceiling_summary(ceil: dict, kernels: dict) -> dict:
     return {n: kernels[n]["flops"] / median(ts) / 1e9 for n, ts in ceil.items()}
 
 
+def load_shapes(path: str, parser) -> list[dict]:
+    """Part 1's rows from an earlier conv_forms result (``--shapes-from``), checked."""
+    import json
+
+    try:
+        with open(path) as f:
+            payload = json.load(f)
+        rows = payload["shapes"]
+        assert isinstance(rows, list) and all("speedup" in r for r in rows)
+    except (OSError, ValueError, KeyError, TypeError, AssertionError) as e:
+        parser.error(f"--shapes-from {path}: not a conv_forms result with part-1 rows ({e})")
+    then = payload.get("environment", {}).get("cpu_id")
+    if then != env.cpu_id():
+        print(f"warning: {path} was measured on CPU {then!r}, this is {env.cpu_id()!r}")
+    return rows
+
+
 def main(argv=None) -> None:
-    args = options.base_parser(__doc__.splitlines()[0]).parse_args(argv)
+    parser = options.base_parser(__doc__.splitlines()[0])
+    parser.add_argument(
+        "--shapes-from",
+        metavar="JSON",
+        help="take part 1's timings from this earlier conv_forms result and run part 3 only",
+    )
+    args = parser.parse_args(argv)
     mode = options.mode(args)
     print(env.describe_device(), flush=True)
     kernels = ceilings.ceiling_kernels(jnp.float32, tiny=mode == "tiny")
     t0 = time.perf_counter()
-    rows1, ceil1 = part1(mode, kernels)
-    rows2, ceil2 = part2(mode, kernels, rows1)
-    c1, c2 = _ceiling_summary(ceil1, kernels), _ceiling_summary(ceil2, kernels)
+    if args.shapes_from:
+        rows1, c1 = load_shapes(args.shapes_from, parser), None
+        rows2, c2 = [], None
+    else:
+        rows1, ceil1 = part1(mode, kernels)
+        rows2, ceil2 = part2(mode, kernels, rows1)
+        c1, c2 = _ceiling_summary(ceil1, kernels), _ceiling_summary(ceil2, kernels)
+    rows3, ceil3 = part3(mode, kernels, rows1, args.weights)
+    c3 = _ceiling_summary(ceil3, kernels)
     hide = {"times_s", "cin", "cout", "side"}
+    if not args.shapes_from:
+        print_table(
+            [{k: v for k, v in r.items() if k not in hide} for r in rows1],
+            title="Per shape: forward + input gradient (GFLOP/s = direct-conv FLOPs / time)",
+        )
+        print(f"ceilings in part 1 (GFLOP/s, median of rounds): {c1}")
+        print_table(
+            [{k: v for k, v in r.items() if k != "times_s"} for r in rows2],
+            title="Truncated VGG16 forward + input gradient, every conv replaced",
+        )
+        print(f"ceilings in part 2 (GFLOP/s, median of rounds): {c2}")
     print_table(
-        [{k: v for k, v in r.items() if k not in hide} for r in rows1],
-        title="Per shape: forward + input gradient (GFLOP/s = direct-conv FLOPs / time)",
+        [{k: v for k, v in r.items() if k != "times_s"} for r in rows3],
+        title="The engine's lucid block, one unit per chunk: stock and fastest conv per shape",
     )
-    print(f"ceilings in part 1 (GFLOP/s, median of rounds): {c1}")
-    print_table(
-        [{k: v for k, v in r.items() if k != "times_s"} for r in rows2],
-        title="Truncated VGG16 forward + input gradient, every conv replaced",
-    )
-    print(f"ceilings in part 2 (GFLOP/s, median of rounds): {c2}")
+    print(f"ceilings in part 3 (GFLOP/s, median of rounds): {c3}")
     payload = {
         "benchmark": "conv_forms",
         "mode": mode,
@@ -231,8 +336,11 @@ def main(argv=None) -> None:
         },
         "ceilings_part1_gflops": c1,
         "ceilings_part2_gflops": c2,
+        "ceilings_part3_gflops": c3,
         "shapes": rows1,
+        "shapes_from": args.shapes_from,
         "network": rows2,
+        "engine_block": rows3,
         "wall_s": time.perf_counter() - t0,
     }
     if not args.no_save:

@@ -116,3 +116,19 @@ def test_replaced_vgg16_matches_the_stock_model():
     assert stock.hlo_convs > 0 and case.hlo_convs == 0
     err = net.net_accuracy(stock, case)
     assert err["objective_rel_err"] < 1e-5 and err["grad_rel_max"] < 1e-5
+
+
+def test_engine_block_with_convs_replaced_keeps_its_numbers():
+    """conv_forms part 3: the patch reaches the engine's real block (fewer convs in the
+    compiled program) and its first block's objective values stay the stock block's."""
+    from benchmarks import ceilings, conv_forms
+
+    block1_conv1_by_im2col = [
+        {"size": 32, "batch": 1, "side": 32, "cin": 3, "cout": 64, "form": "im2col", "speedup": 9}
+    ]
+    kernels = ceilings.ceiling_kernels(jnp.float32, tiny=True)
+    rows, _ = conv_forms.part3("tiny", kernels, block1_conv1_by_im2col, "random")
+    stock, forms = rows
+    assert (stock["variant"], forms["variant"]) == (conv_forms.STOCK, conv_forms.PER_SHAPE)
+    assert forms["hlo_convs"] < stock["hlo_convs"]
+    assert forms["values_rel_err"] < 1e-4
