@@ -227,7 +227,10 @@ def write(payload: dict, run: device_parts.Run) -> str:
     payload["compile_per_step_s"] = dict(run.compile_per_step)
     payload["compile_s"] = device_summary.compile_times(payload)
     name = NAME + ("-tiny" if run.mode["name"] == "tiny" else "")
-    return report.write_results(name, payload, payload["out_dir"])
+    run.result_path = report.write_results(
+        name, payload, payload["out_dir"], replace=run.result_path
+    )
+    return run.result_path
 
 
 def measure(run: device_parts.Run, budget: Budget, payload: dict) -> None:

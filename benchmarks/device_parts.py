@@ -34,6 +34,7 @@ class Run:
     """What the parts share: the settings of the mode, the models, kernels and estimates.
 
     Attributes:
+      result_path: the JSON file the first write chose; each later part rewrites it.
       compile_per_step: measured compile seconds per unrolled step, by layer. A layer not
         yet compiled is estimated from the slowest one measured per step and conv (see
         :meth:`compile_estimate`), or from the mode's ``compile_guess_s``.
@@ -46,6 +47,7 @@ class Run:
     ceilings: dict = dataclasses.field(default_factory=dict)
     compile_per_step: dict = dataclasses.field(default_factory=dict)
     rates: dict = dataclasses.field(default_factory=dict)  # {dtype: {layer: FLOP/s}}
+    result_path: str | None = None  # the JSON, once written: later parts rewrite it
 
     def _weight(self, layer: str) -> int:
         """Compile work of one step to ``layer``: its convs, plus two for the rest of the

@@ -18,7 +18,9 @@ from benchmarks import env
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
-def write_results(name: str, payload: dict, out_dir: str | None = None) -> str:
+def write_results(
+    name: str, payload: dict, out_dir: str | None = None, replace: str | None = None
+) -> str:
     """Writes ``<out_dir>/<name>-<device>-<YYYY-MM-DD>.json``; returns the path.
 
     A result already there is kept: a second run that day writes ``...-<date>-2.json``
@@ -26,16 +28,18 @@ def write_results(name: str, payload: dict, out_dir: str | None = None) -> str:
 
     Args:
       out_dir: where to write; ``None`` for ``benchmarks/results``.
+      replace: a path an earlier call of this run returned, to rewrite in place (a
+        benchmark that saves its result after each part).
     """
     out_dir = out_dir or RESULTS_DIR
     os.makedirs(out_dir, exist_ok=True)
     environment = payload.setdefault("environment", env.environment())
     stem = os.path.join(out_dir, f"{name}-{env.device_slug()}-{environment['date']}")
-    path, n = f"{stem}.json", 1
-    while os.path.exists(path):
+    path, n = replace or f"{stem}.json", 1
+    while not replace and os.path.exists(path):
         n += 1
         path = f"{stem}-{n}.json"
-    with open(path, "x") as f:
+    with open(path, "w" if replace else "x") as f:
         json.dump(payload, f, indent=2, default=_json_default)
         f.write("\n")
     return path

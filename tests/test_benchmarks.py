@@ -221,6 +221,10 @@ def test_a_second_result_of_the_day_does_not_overwrite_the_first(tmp_path):
     assert second == first[: -len(".json")] + "-2.json"
     assert json.loads(Path(first).read_text())["run"] == 1
     assert json.loads(Path(second).read_text())["run"] == 2
+    # A benchmark that saves after each part rewrites its own file, and only that one.
+    assert report.write_results("demo", {"run": 3}, str(tmp_path), replace=second) == second
+    assert json.loads(Path(second).read_text())["run"] == 3
+    assert len(list(tmp_path.glob("demo-*.json"))) == 2
 
 
 def test_isa_cap_tiny(tmp_path, bench_env):
