@@ -44,11 +44,12 @@ SETTINGS = {
     "quick": ((64,), (1, 4), None, ("block3_conv3", "block4_conv1"), 128),
     "full": ((128, 224), (1, 4), None, ("block3_conv3", "block4_conv1", "block5_conv3"), 128),
 }
-# Part 3 per mode: (layers, size) of the engine's lucid block, one unit per chunk.
+# Part 3 per mode: (layers, size, steps) of the engine's lucid block, one unit per chunk;
+# 64 steps make blocks of 8 (engine.BLOCK_STEPS on CPU), 2 steps a block of 2.
 PART3 = {
-    "tiny": (("block1_conv2",), 32),
-    "quick": (("block4_conv1",), 128),
-    "full": (("block4_conv1", "block5_conv3"), 128),
+    "tiny": (("block1_conv2",), 32, 2),
+    "quick": (("block4_conv1",), 128, 64),
+    "full": (("block4_conv1", "block5_conv3"), 128, 64),
 }
 # --tiny only checks that the code runs: F(4,3) shares F(2,3)'s code and compiles slowest.
 SKIP = {"tiny": ("winograd F(4,3)",), "quick": (), "full": ()}
@@ -217,17 +218,17 @@ def part2(mode: str, kernels: dict, rows1: list[dict]) -> tuple[list[dict], dict
 
 
 def part3(mode: str, kernels: dict, rows1: list[dict], weights: str) -> tuple[list[dict], dict]:
-    """The engine's lucid block at one unit per chunk, stock and with each conv by the
-    formulation part 1 measured fastest for its shape (batch 1), interleaved. The sliced
-    target conv stays ``lax.conv``. Accuracy is one block's objective values from the same
-    start; ``hlo_convs`` shows how many convs each compiled block kept. ``weights`` is
-    ``--weights`` (parts 1 and 2 use random weights)."""
-    layers, size = PART3[mode]
+    """The engine's lucid block at one unit per chunk (8 steps; 2 with --tiny), stock and
+    with each conv by the formulation part 1 measured fastest for its shape (batch 1),
+    interleaved. The sliced target conv stays ``lax.conv``. Accuracy is one block's
+    objective values from the same start; ``hlo_convs`` shows how many convs each compiled
+    block kept. ``weights`` is ``--weights`` (parts 1 and 2 use random weights)."""
+    layers, size, steps = PART3[mode]
     model = options.load_model(weights, "float32")
     table = fastest_per_shape(rows1, size, 1)
     pairs = []
     for layer in layers:
-        stock = engine.program(model, layer, size, presets.get("lucid"), steps=64)
+        stock = engine.program(model, layer, size, presets.get("lucid"), steps=steps)
         stock_case = prepare_block(model, stock, layer, size, 1, f"{layer} | {STOCK}")
         with conv_replaced(per_shape_form(table)):
             forms = engine.Program(stock.ascent, stock.block_steps)
