@@ -5,8 +5,8 @@ each distinct VGG16 conv shape, per formulation of ``jaxvis/models/winograd.py``
 times a whole truncated VGG16 step with every conv replaced (benchmarks/conv_forms_net.py)
 against the stock model; part 3 times the engine's real block (lucid preset, one unit per
 chunk, the target conv's one channel) with each conv by part 1's fastest formulation for
-its shape, against the stock block. Both are interleaved round-robin with the matmul and conv
-ceilings (benchmarks/timing.py), so the speedups are per-round ratios from one sitting.
+its shape, against the stock block. All three are interleaved round-robin with the matmul
+and conv ceilings (benchmarks/timing.py), so the speedups are per-round ratios from one sitting.
 Effective GFLOP/s counts the direct conv's FLOPs for every formulation, so rates compare
 on the same work. Errors are max |y - y_lax| / max |y_lax| in fp32.
 
@@ -277,13 +277,20 @@ def load_shapes(path: str, parser) -> list[dict]:
     """Part 1's rows from an earlier conv_forms result (``--shapes-from``), checked."""
     import json
 
+    need = {"size", "batch", "side", "cin", "cout", "form", "speedup"}
     try:
         with open(path) as f:
             payload = json.load(f)
         rows = payload["shapes"]
-        assert isinstance(rows, list) and all("speedup" in r for r in rows)
-    except (OSError, ValueError, KeyError, TypeError, AssertionError) as e:
-        parser.error(f"--shapes-from {path}: not a conv_forms result with part-1 rows ({e})")
+        bad = not isinstance(rows, list) or not all(need <= set(r) for r in rows)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        bad = e
+    if bad:
+        why = f" ({bad})" if bad is not True else ""
+        parser.error(
+            f"--shapes-from {path}: not a conv_forms result whose 'shapes' rows hold "
+            f"{', '.join(sorted(need))}{why}"
+        )
     then = payload.get("environment", {}).get("cpu_id")
     if then != env.cpu_id():
         print(f"warning: {path} was measured on CPU {then!r}, this is {env.cpu_id()!r}")
@@ -299,11 +306,12 @@ def main(argv=None) -> None:
     )
     args = parser.parse_args(argv)
     mode = options.mode(args)
+    given = load_shapes(args.shapes_from, parser) if args.shapes_from else None  # fails first
     print(env.describe_device(), flush=True)
     kernels = ceilings.ceiling_kernels(jnp.float32, tiny=mode == "tiny")
     t0 = time.perf_counter()
-    if args.shapes_from:
-        rows1, c1 = load_shapes(args.shapes_from, parser), None
+    if given is not None:
+        rows1, c1 = given, None
         rows2, c2 = [], None
     else:
         rows1, ceil1 = part1(mode, kernels)

@@ -43,7 +43,8 @@ def measure(mode: str, dtype: str, xla_flags: str) -> dict:
         [sys.executable, "-c", CHILD, mode, dtype], env=environ, capture_output=True, text=True
     )
     if done.returncode:
-        raise SystemExit(f"ceiling child failed ({done.returncode}): {done.stderr[-500:]}")
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise SystemExit(f"isa_cap: the ceiling child failed ({done.returncode}): {last}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -69,6 +70,8 @@ def main() -> None:
     p = options.base_parser(__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, help="alternating rounds (default 4; 1 with --tiny)")
     args = p.parse_args()
+    if args.rounds is not None and args.rounds < 1:
+        p.error(f"--rounds must be at least 1; got {args.rounds}")
     mode = options.mode(args)
     print(f"# {env.describe_device()}")
     print(f"# CPU flags: {' '.join(env.cpu_vector_flags())}")

@@ -39,9 +39,11 @@ def write_results(
     while not replace and os.path.exists(path):
         n += 1
         path = f"{stem}-{n}.json"
-    with open(path, "w" if replace else "x") as f:
+    tmp = f"{path}.tmp"  # written whole, then renamed: a crash leaves no half-written JSON
+    with open(tmp, "w") as f:
         json.dump(payload, f, indent=2, default=_json_default)
         f.write("\n")
+    os.replace(tmp, path)
     return path
 
 

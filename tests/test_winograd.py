@@ -132,3 +132,16 @@ def test_engine_block_with_convs_replaced_keeps_its_numbers():
     assert (stock["variant"], forms["variant"]) == (conv_forms.STOCK, conv_forms.PER_SHAPE)
     assert forms["hlo_convs"] < stock["hlo_convs"]
     assert forms["values_rel_err"] < 1e-4
+
+
+@pytest.mark.parametrize("text", ["not json", '{"shapes": [{"size": 32}]}', '{"network": []}'])
+def test_shapes_from_a_wrong_file_is_one_line_and_exit_2(tmp_path, capsys, text):
+    from benchmarks import conv_forms
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(text)
+    with pytest.raises(SystemExit) as exit_info:
+        conv_forms.main(["--tiny", "--no-save", "--shapes-from", str(bad)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--shapes-from" in err and "batch, cin, cout, form, side, size, speedup" in err
