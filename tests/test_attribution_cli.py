@@ -270,7 +270,10 @@ def test_keepdims_writes_every_channel_and_exports(photos, tmp_path):
     model = _load("vgg16", weights="random")
     images = np.stack([load_image(str(photos / n), 32) for n in sorted(os.listdir(photos))])
     expected = attribute(model, images, method="gradient", target=TARGET, keepdims=True)
-    np.testing.assert_allclose(written, expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
+    # Two programs compiled apart round differently: on an AVX2-only CPU 2 of the 9216
+    # values differ by 1e-4 relative. A wrong channel, order or preprocessing is off by
+    # the maps' own scale.
+    np.testing.assert_allclose(written, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
     code, stdout, err = run("export", out, "--out", tmp_path / "png", "--format", "png")
     assert code == 0 and stdout.strip() == f"wrote 4 files to {tmp_path / 'png'}", err
 
