@@ -10,7 +10,10 @@ conv-ceiling kernel, so the two sides and the ceiling see the same machine state
 ratio is taken per round; the table gives the medians.
 
 jaxvis's side is a whole ``jaxvis.visualize`` call with the lucid preset (the second
-call and later: the first one compiles), for each chunk size in ``--batches``.
+call and later: the first one compiles), for each chunk size in ``--batches`` and each
+conv setting in ``--convs`` (``auto``: the formulations measured fastest per shape on this
+CPU, jaxvis/conv_tune.py, measured by the first call where the cache lacks them; ``lax``:
+XLA's conv everywhere). The result records the per-shape choices the cache held.
 
     python -m benchmarks.side_by_side --lucent-python ~/.cache/jaxvis-peers/venv-lucent/bin/python
     python -m benchmarks.side_by_side --layer block3_conv3 --size 224 --rounds 3
@@ -89,6 +92,7 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=64)
     p.add_argument("--filters", default="0,1,2,3")
     p.add_argument("--batches", default="auto", help="jaxvis chunk sizes: 'auto' or e.g. 1,4")
+    p.add_argument("--convs", default="auto,lax", help="jaxvis conv settings, e.g. auto,lax")
     p.add_argument("--rounds", type=int, default=5)
     args = p.parse_args(argv)
     args.weights = "random"
@@ -102,6 +106,7 @@ def main(argv=None) -> None:
 
 def run(args) -> None:
     import jaxvis
+    from jaxvis import conv_tune, cpu_cache
 
     model = options.load_model("random", args.dtype)
     filters = [int(f) for f in args.filters.split(",")]
@@ -110,20 +115,35 @@ def run(args) -> None:
     work = len(filters) * args.steps
     step = flops.step_flops(model, args.layer, args.size)["total"]
 
-    def jaxvis_call(batch):
+    convs = [conv_tune.check_setting(c) for c in args.convs.split(",")]
+
+    def jaxvis_call(batch, conv):
         def call():
             start = time.perf_counter()
             jaxvis.visualize(
-                model, args.layer, filters, size=args.size, steps=args.steps, batch=batch
+                model,
+                args.layer,
+                filters,
+                size=args.size,
+                steps=args.steps,
+                batch=batch,
+                convs=conv,
             )
             return time.perf_counter() - start
 
         return call
 
     lucent = Lucent(args.lucent_python, args.layer, args.size, args.steps, filters)
-    sides = {f"jaxvis visualize, batch {b or 'auto'}": jaxvis_call(b) for b in batches}
+    sides = {
+        f"jaxvis visualize, batch {b or 'auto'}, convs {c}": jaxvis_call(b, c)
+        for b in batches
+        for c in convs
+    }
     for call in sides.values():
-        call()  # compiles
+        call()  # compiles (and measures the conv shapes "auto" has not seen on this CPU)
+    here = conv_tune.key_prefix()
+    cached = cpu_cache.load(conv_tune.cache_path())
+    conv_forms = {k[len(here) :]: v for k, v in cached.items() if k.startswith(here)}
     sides["Lucent render_vis"] = lucent.call
     times = {name: [] for name in sides}
     conv = []
@@ -171,6 +191,7 @@ def run(args) -> None:
             "conv_ceiling_s": conv,
             "conv_ceiling": kernels["conv_fwd"]["what"],
             "rows": rows,
+            "conv_forms_cached": conv_forms,
         }
         name = options.result_name(f"side_by_side-{args.layer}-{args.size}", args)
         print(write_results(name, payload, args.out_dir), file=sys.stderr)

@@ -8,7 +8,11 @@ efficiency against the measured conv and matmul ceilings, compile time and memor
 A breakdown (``--breakdown``) re-times a layer with parts of the step removed: no
 transforms; pixel parameterization and no transforms; the model's forward +
 input-gradient alone (no parameterization, transforms or optimizer); and the transforms
-alone. The gaps between the rows are what those parts cost.
+alone. The gaps between the rows are what those parts cost. ``--convs lax,auto`` adds a
+row with each 3x3 conv by the formulation measured fastest for its shape on this CPU
+(jaxvis/conv_tune.py; measured now if its cache lacks a shape). Its GFLOP/s and
+efficiencies count the direct conv's FLOPs, so they compare with the stock row on the
+same work and may exceed the conv ceiling.
 
 Finally the per-layer rates are turned into a projection of a full VGG16 conv atlas
 (all 4,224 filters of the 13 conv layers, 224 px, 512 steps) on this device.
@@ -57,9 +61,12 @@ MODES = {
 }
 
 
-def programs(model, layer: str, size: int, preset: str, k: int | None, breakdown: bool):
-    """(variant name, program) pairs for one layer: the preset, then the breakdown ones."""
-    from jaxvis import engine, param, presets
+def programs(
+    model, layer: str, size: int, preset: str, k: int | None, breakdown: bool, convs=("lax",)
+):
+    """(variant name, program) pairs for one layer: the preset, the preset with each conv
+    setting of ``convs`` other than lax, then the breakdown ones."""
+    from jaxvis import conv_tune, engine, param, presets
 
     config = presets.get(preset)
 
@@ -68,6 +75,11 @@ def programs(model, layer: str, size: int, preset: str, k: int | None, breakdown
 
     main = with_k(engine.program(model, layer, size, config))
     out = [(preset, main)]
+    for setting in convs:
+        table = conv_tune.forms_for(main, model.params, setting, size, 10**6, note=print)
+        if setting != "lax":
+            formed = engine.program(model, layer, size, config, convs=table)
+            out.append((f"{preset}, convs {setting}", with_k(formed)))
     if not breakdown:
         return out
     if main.ascent.select:  # the target conv's every channel, as before Taps.select
@@ -121,6 +133,9 @@ def main(argv=None) -> None:
     p.add_argument("--k", type=int, help="steps per block (default: engine.BLOCK_STEPS)")
     p.add_argument("--chunk", type=int, help="units per chunk (default: devices.auto_chunk)")
     p.add_argument("--preset", help="preset to time (default: keras-vis if --tiny, else lucid)")
+    p.add_argument(
+        "--convs", default="lax", help="conv settings to time, e.g. lax,auto (jaxvis/conv_tune.py)"
+    )
     args = p.parse_args(argv)
     args.preset = args.preset or options.default_preset(args)
     mode = dict(MODES[options.mode(args)])
@@ -148,7 +163,9 @@ def measure(args, mode: dict, model, kernels: dict) -> list[dict]:
         breakdown = layer in mode["breakdown"] and size == mode["sizes"][0]
         group = [
             prepare(model, prog, layer, size, chunk, variant)
-            for variant, prog in programs(model, layer, size, args.preset, mode["k"], breakdown)
+            for variant, prog in programs(
+                model, layer, size, args.preset, mode["k"], breakdown, args.convs.split(",")
+            )
         ]
         times, ceil_times = interleaved(group, kernels, mode["target_s"])
         new = [result_row(c, times[c.variant], ceil_times, kernels) for c in group]

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxvis import cpu_cache
 from jaxvis.keys import unit_keys
 
 CANDIDATES = (1, 2, 4)
@@ -38,37 +37,13 @@ MIN_WORK = 64 * 256
 # A larger chunk must beat the smaller by this much to be chosen: a smaller chunk commits
 # results to the atlas more often, and the timing of a shared machine is noisy.
 MARGIN = 1.03
-_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "asimd", "sve")
 
 
 def cache_path() -> str:
-    if os.environ.get("JAXVIS_CHUNK_CACHE"):
-        return os.environ["JAXVIS_CHUNK_CACHE"]
-    home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(home, "jaxvis", "cpu-chunks.json")
+    return cpu_cache.path("JAXVIS_CHUNK_CACHE", "cpu-chunks.json")
 
 
-def cpu_signature(cpuinfo: str = "/proc/cpuinfo") -> str:
-    """The CPU as far as chunk speed goes: model name, x86 family and model, vector flags,
-    cores. Three CPUs of the project's VM were all named "AMD EPYC"."""
-    name, flags, ident = "unknown cpu", set(), {}
-    try:
-        with open(cpuinfo) as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "model name" and name == "unknown cpu":
-                    name = value.strip()
-                elif key in ("flags", "Features") and not flags:
-                    flags = set(value.split())
-                elif key in ("cpu family", "model") and key not in ident:
-                    ident[key] = value.strip()
-    except OSError:
-        pass
-    vector = ",".join(f for f in _FLAGS if f in flags)
-    if ident:
-        name += f" (family {ident.get('cpu family', '?')} model {ident.get('model', '?')})"
-    return f"{name} [{vector}] x{os.cpu_count()}"
+cpu_signature = cpu_cache.cpu_signature
 
 
 def key(model, layer: str, size: int, recipe) -> str:
@@ -80,12 +55,7 @@ def key(model, layer: str, size: int, recipe) -> str:
 
 
 def load() -> dict:
-    try:
-        with open(cache_path()) as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    return cpu_cache.load(cache_path())
 
 
 def tuned(model, layer: str, size: int, recipe) -> int | None:
@@ -96,25 +66,7 @@ def tuned(model, layer: str, size: int, recipe) -> int | None:
 
 
 def _store(k: str, entry: dict) -> bool:
-    """Adds ``entry`` under ``k``, atomically (a temporary file renamed over the old);
-    False, and nothing left behind, where the cache folder cannot be written: the
-    choice then holds for this run only."""
-    path = cache_path()
-    folder = os.path.dirname(path) or "."
-    data = load()
-    data[k] = entry
-    tmp = None
-    try:
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except OSError:
-        if tmp is not None and os.path.exists(tmp):
-            os.remove(tmp)
-        return False
-    return True
+    return cpu_cache.store(cache_path(), k, entry)
 
 
 def rate(prog, params, layer: str, chunk: int, repeats: int = 2) -> float:

@@ -133,6 +133,7 @@ def cmd_atlas(args: argparse.Namespace) -> None:
         cluster=joined,
         peer_timeout=args.peer_timeout,
         tune_chunks=not args.no_chunk_tuning,
+        convs=args.convs,
     )
     if joined.is_writer or out == args.out:
         print(out)
@@ -140,6 +141,8 @@ def cmd_atlas(args: argparse.Namespace) -> None:
         print(f"{out} ({joined.describe()}; process 0 merges it into {args.out})")
 
 
+# jaxvis/conv_tune.py SETTINGS, spelt out so that `jaxvis --help` does not import jax.
+CONVS = ["auto", "lax", "winograd", "im2col"]
 # What every process of a distributed run must agree on: all that picks units or pictures.
 _SHARED_SETTINGS = (
     "layers", "filters", "out", "size", "steps", "preset", "model", "weights", "preprocess",
@@ -272,6 +275,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="on CPU, keep one unit per chunk instead of the chunk measured fastest per "
         "layer on this CPU (~/.cache/jaxvis/cpu-chunks.json)",
+    )
+    p.add_argument(
+        "--convs",
+        default="auto",
+        choices=CONVS,
+        help="how 3x3 convs run: auto (default: on CPU, per shape the formulation measured "
+        "fastest on this CPU, kept in ~/.cache/jaxvis/cpu-convs.json), lax (XLA's conv "
+        "everywhere), winograd or im2col (that formulation everywhere)",
     )
     _add_distributed_options(p)
     p.set_defaults(func=cmd_atlas)

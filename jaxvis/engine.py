@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvis import devices, presets
+from jaxvis import conv_tune, devices, presets
 from jaxvis._types import Params, PRNGKey
 from jaxvis.ascent import Ascent
 from jaxvis.errors import JaxvisError
@@ -221,6 +221,7 @@ def program(
     platform: str | None = None,
     snapshots: int | None = None,
     select: bool | None = None,
+    convs: tuple = (),
 ) -> Program:
     """The cached compiled program for these settings (built on first use).
 
@@ -229,7 +230,9 @@ def program(
     :func:`check_snapshots`) only picks a block size that divides K; where the usual one
     does, it is the very program that runs without snapshots. ``select`` computes only
     the traced unit's channel of the target conv where :func:`selects` allows it:
-    ``None`` does so on :data:`SELECT_PLATFORMS`, ``False`` never.
+    ``None`` does so on :data:`SELECT_PLATFORMS`, ``False`` never. ``convs`` computes
+    the 3x3 convs of the shapes it names by those formulations
+    (:class:`jaxvis.conv_tune.Formed`; :func:`jaxvis.conv_tune.forms_for` chooses them).
     """
     platform = platform or jax.default_backend()
     if transforms is not None and not callable(transforms):
@@ -238,7 +241,7 @@ def program(
     block = block_steps_for(n_steps, platform, check_snapshots(snapshots, n_steps))
     layer_names = tuple((la.name, la.pre) for la in model.layers)
     key = (model.apply, layer_names, layer, size, config, steps, objective, param)
-    key += (transforms, optimizer, platform, block, select)
+    key += (transforms, optimizer, platform, block, select, convs)
     if key in _programs:
         _programs.move_to_end(key)
         return _programs[key]
@@ -256,7 +259,8 @@ def program(
     stop_at = model.deepest(recipe.objective.layers or (layer,))
     wanted = platform in SELECT_PLATFORMS if select is None else select
     one = wanted and selects(model, stop_at, recipe.objective)
-    ascent = Ascent(apply=model.apply, stop_at=stop_at, recipe=recipe, select=one)
+    apply = conv_tune.Formed(model.apply, convs) if convs else model.apply
+    ascent = Ascent(apply=apply, stop_at=stop_at, recipe=recipe, select=one)
     prog = Program(ascent, block)
     _programs[key] = prog
     while len(_programs) > _CACHE_SIZE:
@@ -279,6 +283,7 @@ def visualize(
     transforms=None,
     optimizer=None,
     snapshots: int | None = None,
+    convs: str = "auto",
 ) -> Visualization:
     """Activation maximization for many filters of one layer, chunk by chunk.
 
@@ -300,6 +305,11 @@ def visualize(
         instead of the preset's.
       snapshots: K to also return the picture after every K steps
         (``Visualization.snapshots``), from 1 to ``steps``; ``None`` for none.
+      convs: how 3x3 convs are computed. ``"auto"`` (default): on a single CPU device,
+        by the formulation measured fastest on this CPU for each conv shape (measured
+        once for a job of 4 filters x 64 steps at 128 px or more, and kept on disk;
+        jaxvis/conv_tune.py), elsewhere XLA's conv. ``"lax"``: XLA's conv everywhere.
+        ``"winograd"`` or ``"im2col"``: that formulation for every 3x3 conv.
 
     Returns:
       A :class:`Visualization`; failed units are listed in ``.failed``, never returned as
@@ -308,15 +318,12 @@ def visualize(
     units = model.check_filters(layer, filters)
     size = model.check_size(size)
     batch = check_batch(batch)
+    conv_tune.check_setting(convs)
     model.check_runs(layer, size)
     devices.check_fits(
         model, layer, size, devices.chunk_size(model, layer, size, len(units), batch)
     )
-    prog = program(
-        model,
-        layer,
-        size,
-        presets.get(preset),
+    settings = dict(
         steps=steps,
         objective=objective,
         param=param,
@@ -324,6 +331,10 @@ def visualize(
         optimizer=optimizer,
         snapshots=snapshots,
     )
+    prog = program(model, layer, size, presets.get(preset), **settings)
+    table = conv_tune.forms_for(prog, model.params, convs, size, len(units))
+    if table:
+        prog = program(model, layer, size, presets.get(preset), **settings, convs=table)
     parts = list(
         chunks(model, prog, layer, units, size=size, seed=seed, batch=batch, snapshots=snapshots)
     )

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from jaxvis import chunk_tune, devices, engine, inflight, parts, presets
+from jaxvis import chunk_tune, conv_tune, devices, engine, inflight, parts, presets
 from jaxvis.atlas import AtlasWriter
 from jaxvis.cluster import SINGLE, Cluster, share
 from jaxvis.errors import JaxvisError
@@ -62,6 +62,7 @@ def generate_atlas(
     cluster: Cluster = SINGLE,
     peer_timeout: float = 120.0,
     tune_chunks: bool = False,
+    convs: str = "auto",
 ) -> str:
     """Writes (or resumes) an atlas of ``{layer: filters}`` to ``out``.
 
@@ -85,6 +86,11 @@ def generate_atlas(
     measured just before the layer's first chunk, if the units still to do repay it. It
     applies where ``batch`` is None, in single-process runs.
 
+    ``convs`` says how 3x3 convs are computed, as in :func:`jaxvis.visualize`: by
+    default, on a single CPU device, each by the formulation measured fastest for its
+    shape on this CPU (jaxvis/conv_tune.py; measured before the first layer runs where
+    the job repays it).
+
     Returns:
       The file this process wrote: ``out``, or its part file.
     """
@@ -99,14 +105,20 @@ def generate_atlas(
             "--overwrite cannot be combined with --distributed; delete the atlas and its "
             ".parts folder, or choose another --out"
         )
+    conv_tune.check_setting(convs)
+    note = (lambda line: tqdm.write(line, file=sys.stderr)) if progress else None
     programs = {}
     for layer, units in wanted.items():
         model.check_runs(layer, size)
         chunk = devices.chunk_size(model, layer, size, len(units), batch)
         devices.check_fits(model, layer, size, chunk)
-        programs[layer] = engine.program(
-            model, layer, size, config, steps=steps, snapshots=snapshots
-        )
+        prog = engine.program(model, layer, size, config, steps=steps, snapshots=snapshots)
+        table = conv_tune.forms_for(prog, model.params, convs, size, len(units), note)
+        if table:
+            prog = engine.program(
+                model, layer, size, config, steps=steps, snapshots=snapshots, convs=table
+            )
+        programs[layer] = prog
     tune = tune_chunks and batch is None and cluster.num_processes == 1
     first = next(iter(programs.values())).ascent.recipe
     every = inflight.check_snapshots(snapshots, first.steps)

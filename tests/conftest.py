@@ -23,6 +23,12 @@ os.environ.setdefault(
     "JAXVIS_CHUNK_CACHE", os.path.join(tempfile.mkdtemp(prefix="jaxvis-test-chunks-"), "c.json")
 )
 
+# The per-CPU conv formulations (jaxvis/conv_tune.py), fresh: tests choose them
+# explicitly, and the small jobs of "auto" then measure nothing and keep lax.conv.
+os.environ.setdefault(
+    "JAXVIS_CONV_CACHE", os.path.join(tempfile.mkdtemp(prefix="jaxvis-test-convs-"), "c.json")
+)
+
 import pytest  # noqa: E402
 
 import jaxvis  # noqa: E402
