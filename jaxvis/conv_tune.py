@@ -68,6 +68,9 @@ MIN_WORK = 4 * 64 * 128 * 128
 # kept), and more until the rounds took BUDGET_S, at most MAX_ROUNDS. On the 2-core VM
 # five rounds alone let shared-machine noise flip shapes within 20 % of each other.
 ROUNDS, BUDGET_S, MAX_ROUNDS = 5, 0.6, 40
+# Part of every cache key: raised when a formulation's code changes speed, so that
+# choices measured for the old code are not read for the new.
+FORMS_VERSION = 2  # 2: F(2,3) with its own input gradient
 _CONV = "conv_general_dilated"
 _CALLS = ("pjit", "jit", "closed_call", "core_call")
 
@@ -249,7 +252,7 @@ def pick(seconds: Mapping[str, float]) -> str:
 
 
 def key_prefix() -> str:
-    return f"{cpu_cache.cpu_signature()}|jax {jax.__version__}|"
+    return f"{cpu_cache.cpu_signature()}|jax {jax.__version__}|forms {FORMS_VERSION}|"
 
 
 def cache_key(shape: Shape) -> str:

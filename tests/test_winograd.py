@@ -80,6 +80,32 @@ def test_grad_of_a_scalar_loss():
     assert rel_err(loss(FORMS["F(2,3)"]), loss(direct)) < 1e-5
 
 
+def test_f23_custom_vjp_gives_both_gradients_under_vmap():
+    """F(2,3)'s own VJP: the input gradient (a Winograd conv of the cotangent from the
+    turned U) and, when asked for, the kernel's, match lax.conv on an odd-sized map."""
+    x, kernel, cot = inputs((2, 7, 10, 5, 6))
+
+    def grads(conv):
+        run = jax.vmap(jax.vjp, in_axes=(None, 0, None))
+        _, vjp = run(lambda x, k: conv(x[None], k)[0], x, kernel)
+        return jax.vmap(lambda f, c: f(c))(vjp, cot)
+
+    gx, gk = grads(FORMS["F(2,3)"])
+    gx0, gk0 = grads(direct)
+    assert rel_err(gx, gx0) < 1e-5 and rel_err(gk, gk0) < 1e-5
+
+
+def test_the_turn_of_u_is_what_makes_the_input_gradient():
+    """The backward's pieces: U turned by 180 degrees gives lax.conv's input gradient;
+    U as it is (a wrong turn) does not, so the gradient test above can fail."""
+    x, kernel, cot = inputs(SHAPES[0])
+    _, g0 = fwd_and_grad(direct)(x, kernel, cot)
+    u = winograd.kernel_transform(kernel, 2)
+    for turn, ok in ((winograd._F2_TURNED, True), (list(range(16)), False)):
+        g = winograd._tiles_product(cot, u[np.array(turn)], 2, winograd._TRANSPOSED)
+        assert (rel_err(g, g0) < 1e-5) == ok
+
+
 @pytest.mark.parametrize("m", sorted(winograd.TRANSFORMS))
 def test_wrong_transform_is_caught(monkeypatch, m):
     """The check above fails when one entry of a transform matrix is wrong."""

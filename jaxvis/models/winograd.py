@@ -14,15 +14,19 @@ matmuls that XLA runs near its matmul rate:
 * im2col: the nine shifted copies of the input side by side, then one matmul.
 
 Every stage is linear and written with slices, adds and ``einsum``, so ``jax.grad``
-through these functions gives the input gradient as matmuls too; no custom VJP. Which
-formulation is fastest per shape is measured by ``benchmarks/conv_forms.py``.
+through im2col and F(4,3) gives the input gradient as matmuls too. F(2,3) has a custom
+VJP instead: its input gradient is another F(2,3) conv from the same transformed kernel,
+faster than autodiff's transposed slices. Which formulation is fastest per shape is
+measured by ``benchmarks/conv_forms.py`` and, per CPU, by ``jaxvis/conv_tune.py``.
 """
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 
 from jaxvis._types import Array
 from jaxvis.errors import JaxvisError
@@ -140,8 +144,62 @@ def kernel_transform(kernel: Array, m: int = 2) -> Array:
     return jnp.stack(u)
 
 
+def _tiles_product(x: Array, u: Array, m: int, contract: str) -> Array:
+    """Input tiles of ``x``, times the transformed kernel ``u`` per tile entry
+    (``contract``), output transform: one Winograd conv."""
+    bt, _, at = TRANSFORMS[m]
+    n, h, w, _ = x.shape
+    v, (th, tw) = _input_tiles(x, m, bt)
+    mm = jnp.einsum(contract, v, u.astype(x.dtype))
+    return _output_tiles(mm, (n, h, w, th, tw), m, at)
+
+
+_FORWARD = "ptc,pcd->ptd"  # U [(m+2)^2, Cin, Cout]
+_TRANSPOSED = "ptd,pcd->ptc"  # the same U, contracted over its output channels
+# For F(2,3), G with its columns reversed is G with rows 0 and 3 swapped, so the
+# transform of the kernel turned by 180 degrees is U with tile entries 0 and 3 swapped
+# along both tile axes.
+_F2_TURNED = [4 * i + j for i in (3, 1, 2, 0) for j in (3, 1, 2, 0)]
+
+
+@jax.custom_vjp
+def _winograd2(x: Array, kernel: Array) -> Array:
+    return _tiles_product(x, kernel_transform(kernel, 2), 2, _FORWARD)
+
+
+def _winograd2_fwd(x, kernel):
+    u = kernel_transform(kernel.value, 2)
+    return _tiles_product(x.value, u, 2, _FORWARD), (x.value, kernel.value, u, kernel.perturbed)
+
+
+def _winograd2_bwd(res, g):
+    """The input gradient of a 3x3 'SAME' conv is the same conv of ``g`` with the kernel
+    turned by 180 degrees and its channels swapped: a Winograd conv too, from the same U.
+    Autodiff of the forward instead transposes every strided slice of the input tiles
+    into a padded full-size map, which ran up to 2x slower on the AVX2-only CPU
+    (benchmarks/README.md, "Conv formulations on the AVX2-only CPU"). The kernel's
+    gradient, only when it is asked for, is lax.conv's."""
+    x, kernel, u, kernel_needed = res
+    if isinstance(g, SymbolicZero):
+        return None, None
+    gx = _tiles_product(g, u[np.array(_F2_TURNED)], 2, _TRANSPOSED)
+    if not kernel_needed:
+        return gx, None
+    _, vjp = jax.vjp(
+        lambda k: lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=_NHWC), kernel
+    )
+    return gx, vjp(g)[0]
+
+
+_winograd2.defvjp(_winograd2_fwd, _winograd2_bwd, symbolic_zeros=True)
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
 def conv3x3_winograd(x: Array, kernel: Array, m: int = 2) -> Array:
     """3x3 stride-1 'SAME' convolution (cross-correlation, as ``lax.conv``) by Winograd.
+
+    F(2,3) has its own input gradient (a Winograd conv of the cotangent from the same
+    transformed kernel, see ``_winograd2_bwd``); F(4,3) is differentiated by autodiff.
 
     Args:
       x: [N, H, W, Cin] input, any H, W >= 1.
@@ -155,11 +213,9 @@ def conv3x3_winograd(x: Array, kernel: Array, m: int = 2) -> Array:
     _check(x, kernel)
     if m not in TRANSFORMS:
         raise JaxvisError(f"unknown Winograd tile {m!r}; valid: {sorted(TRANSFORMS)}")
-    bt, _, at = TRANSFORMS[m]
-    n, h, w, _ = x.shape
-    v, (th, tw) = _input_tiles(x, m, bt)
-    mm = jnp.einsum("ptc,pcd->ptd", v, kernel_transform(kernel, m).astype(x.dtype))
-    return _output_tiles(mm, (n, h, w, th, tw), m, at)
+    if m == 2:
+        return _winograd2(x, kernel)
+    return _tiles_product(x, kernel_transform(kernel, m), m, _FORWARD)
 
 
 def conv3x3_im2col(x: Array, kernel: Array) -> Array:
