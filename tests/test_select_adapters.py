@@ -230,3 +230,23 @@ def test_flax_convs_that_cannot_slice_are_computed_whole():
         with pytest.raises(JaxvisError, match=f"'{layer}'.*cannot compute one channel") as err:
             model.apply(model.params, _images(), layer, Taps(select={layer: jnp.int32(0)}))
         assert "\n" not in str(err.value)
+
+
+def test_conv_formulations_reach_a_keras_model(models):
+    """jaxvis/conv_tune.py on a real Keras-on-JAX model: its 3x3 'same' stride-1 conv is
+    found, computed by Winograd in the compiled program, and gives the model's own
+    activations. (This module's Flax CNNs have no plain 3x3 'same' conv.)"""
+    which, layer = "keras", "k3"
+    from jaxvis import conv_tune
+
+    model, x = models[which], _images()
+    shapes = conv_tune.conv_shapes(model.apply, model.params, x, layer)
+    assert shapes == [(2, 7, 7, 6, 7)]  # k3; k1 (stride 2) and k2 (dilated) are not plain
+    formed = conv_tune.Formed(model.apply, tuple((s, "winograd") for s in shapes))
+    stock = model.apply(model.params, x, layer)[layer]
+    got = formed(model.params, x, layer)[layer]
+    assert float(jnp.abs(got - stock).max()) <= 1e-5 * float(jnp.abs(stock).max())
+    count = jax.jit(lambda x: formed(model.params, x, layer)[layer]).lower(x).as_text()
+    stock_count = jax.jit(lambda x: model.apply(model.params, x, layer)[layer]).lower(x).as_text()
+    key = "stablehlo.convolution"
+    assert stock_count.count(key) - count.count(key) == len(shapes)
