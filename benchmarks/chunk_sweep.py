@@ -181,12 +181,12 @@ def run(args, mode: dict) -> None:
     tiny = options.mode(args) == "tiny"
     kernels = ceilings.ceiling_kernels(options.DTYPES[args.dtype], tiny=tiny)
     auto = devices.auto_chunk(model, base.ascent.stop_at, size, model.num_filters(layer))
-    default_k = engine.BLOCK_STEPS.get(platform, 16)
+    default_k = engine.block_target(platform)
     chunk_k = mode["chunk_k"] or default_k
     chunks = mode["chunks"] or default_chunks(platform)
     print(
         f"{layer} @ {size} px, preset {args.preset}; auto chunk {auto}, "
-        f"BLOCK_STEPS[{platform}] = {default_k}"
+        f"steps per block {default_k} (engine.block_target)"
     )
     cases = block_cases(model, layer, size, base, [(auto, k) for k in mode["ks"]], False)
     title = f"Steps per block k (chunk {auto})"
@@ -210,7 +210,7 @@ def run(args, mode: dict) -> None:
         "size": size,
         "dtype": args.dtype,
         "preset": args.preset,
-        "block_steps_default": engine.BLOCK_STEPS,
+        "block_steps_default": engine.block_target(platform),
         "auto_chunk": auto,
         "k_sweep": k_rows,
         "chunk_sweep": c_rows,

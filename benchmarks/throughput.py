@@ -200,7 +200,7 @@ def run(args, mode: dict) -> None:
         "dtype": args.dtype,
         "weights": args.weights,
         "preset": args.preset,
-        "block_steps_default": engine.BLOCK_STEPS,
+        "block_steps_default": engine.block_target(env.platform_name()),
         "ceilings": ceil,
         "ceilings_end": ceil_end,
         "rows": rows,

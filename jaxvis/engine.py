@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import os
 from collections.abc import Iterable
 
 import jax
@@ -44,6 +45,10 @@ from jaxvis.models.feature_model import FeatureModel
 # step loop is a Python loop over compiled blocks; more steps per block cost compile time,
 # fewer cost dispatch. Chosen by benchmarks/chunk_sweep.py.
 BLOCK_STEPS = {"cpu": 8, "gpu": 16, "tpu": 16}
+# Overrides BLOCK_STEPS on every platform: compile time grows about linearly with the steps
+# per block (benchmarks/README.md, "Test suite time"), so short runs, such as the test
+# suite's, compile faster with small blocks.
+BLOCK_STEPS_ENV = "JAXVIS_BLOCK_STEPS"
 # Platforms on which the target conv computes only the traced unit's channel by default
 # (``Taps.select``; benchmarks/README.md, "One channel of the target conv"). Measured on
 # CPU; on accelerators it is unmeasured, so they keep the full conv unless asked.
@@ -184,6 +189,17 @@ def selects(model: FeatureModel, stop_at: str, objective) -> bool:
     )
 
 
+def block_target(platform: str) -> int:
+    """The platform's steps per block before fitting to a run: ``$JAXVIS_BLOCK_STEPS``
+    where set, else :data:`BLOCK_STEPS`."""
+    raw = os.environ.get(BLOCK_STEPS_ENV, "").strip()
+    if not raw:
+        return BLOCK_STEPS.get(platform, 16)
+    if not raw.isdigit() or int(raw) < 1:
+        raise JaxvisError(f"{BLOCK_STEPS_ENV} must be a positive whole number; got {raw!r}")
+    return int(raw)
+
+
 def block_steps_for(steps: int, platform: str, every: int = 0) -> int:
     """Steps per compiled block: a divisor of ``steps`` near the platform's target.
 
@@ -196,7 +212,7 @@ def block_steps_for(steps: int, platform: str, every: int = 0) -> int:
     GPU/TPU, for the usual step counts), else the largest divisor of ``every`` up to the
     target is used, which runs more, shorter blocks (e.g. 1-step blocks for a prime K).
     """
-    target = BLOCK_STEPS.get(platform, 16)
+    target = block_target(platform)
     if steps <= target:
         block = steps
     else:

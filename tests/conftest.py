@@ -18,6 +18,12 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = " ".join(
         f for f in (os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=1") if f
     )
+# Two steps per compiled block instead of the CPU's 8 (jaxvis/engine.py, BLOCK_STEPS_ENV):
+# the suite's runs are a few steps long, and compile time grows with the unrolled steps
+# (block1_conv2 at 32 px: 11.7 s of compile for blocks of 8, 4.9 s for blocks of 2;
+# benchmarks/README.md, "Test suite time"). Two, not one, so that a block still runs
+# more than one step. Tests of the engine's own block sizes unset it.
+os.environ.setdefault("JAXVIS_BLOCK_STEPS", "2")
 # The per-CPU chunk choices (jaxvis/chunk_tune.py), fresh too: none of the user's apply.
 os.environ.setdefault(
     "JAXVIS_CHUNK_CACHE", os.path.join(tempfile.mkdtemp(prefix="jaxvis-test-chunks-"), "c.json")

@@ -92,7 +92,8 @@ def _instructions(hlo: str) -> list[str]:
     return sorted(line for line in lines if line.startswith(("%", "ROOT")))
 
 
-def test_block_compiles_to_the_same_program_as_a_plain_unroll(random_vgg):
+def test_block_compiles_to_the_same_program_as_a_plain_unroll(random_vgg, monkeypatch):
+    monkeypatch.delenv(engine.BLOCK_STEPS_ENV, raising=False)  # 3 steps: one block of 3
     # Program._block calls a jitted step (traced once); XLA inlines the calls, so what
     # runs must be what a straight unroll of the step compiles to.
     prog = engine.program(random_vgg, "block1_conv1", 32, presets.get("keras-vis"), steps=3)

@@ -53,6 +53,15 @@ PROV = {
 }
 
 
+@pytest.fixture(scope="module", autouse=True)
+def stock_blocks():
+    """The engine's own steps per block: the suite's smaller ones (tests/conftest.py)
+    would not show what the CPU block size does with snapshots."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv(engine.BLOCK_STEPS_ENV, raising=False)
+        yield
+
+
 @pytest.fixture(scope="module")
 def model():
     return jaxvis.vgg16(None, seed=1)
@@ -155,6 +164,16 @@ def test_block_size_divides_k():
     assert engine.block_steps_for(512, "gpu", 17) == 1  # a prime over the target
     assert engine.block_steps_for(8, "cpu", 3) == 3
     assert engine.block_steps_for(509, "cpu", 509) == 8  # K = steps: only the final picture
+
+
+def test_block_steps_from_the_environment(monkeypatch):
+    monkeypatch.setenv(engine.BLOCK_STEPS_ENV, "3")
+    assert engine.block_steps_for(512, "cpu") == engine.block_steps_for(512, "gpu") == 2
+    assert engine.block_steps_for(9, "cpu") == engine.block_steps_for(12, "gpu", 6) == 3
+    for bad in ("0", "-2", "two", "1.5"):
+        monkeypatch.setenv(engine.BLOCK_STEPS_ENV, bad)
+        with pytest.raises(JaxvisError, match=f"JAXVIS_BLOCK_STEPS must be a positive.*{bad}"):
+            engine.block_steps_for(512, "cpu")
 
 
 @pytest.mark.parametrize(
