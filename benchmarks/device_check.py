@@ -48,7 +48,7 @@ FULL_LAYERS = ("block5_conv3", "block4_conv3", "block3_conv3", "block2_conv2", "
 MODES = {
     "tiny": {
         "size": 32,
-        "layers": ("block2_conv1", "block1_conv1"),
+        "layers": ("block1_conv1",),
         "sweep_layer": "block1_conv1",
         "chunks": (1, 2),
         "ks": (1, 2),
@@ -56,7 +56,7 @@ MODES = {
         "target_s": 0.05,
         "compile_guess_s": 8.0,
         "guess_k": 2,
-        # Generous for toy sizes (about 40 s on the 2-core VM), so that a loaded CPU does
+        # Generous for toy sizes (about 20 s on the 2-core VM), so that a loaded CPU does
         # not skip items; the full mode's budget is the one that matters.
         "budget_s": 200.0,
         "parts": {
