@@ -26,6 +26,10 @@ ATLAS = [
     "--no-progress",
 ]  # fmt: skip
 BOUND = 90  # seconds any one process may take here; a hang fails the test, not CI
+# --peer-timeout of the pairs that get killed: the survivor waits this long for the dead
+# peer's heartbeat, so it is short; the same bound covers joining, and both processes of
+# a pair start together.
+PEER_TIMEOUT = 8
 
 
 def free_port() -> int:
@@ -129,7 +133,7 @@ def reference(tmp_path_factory):
 @pytest.mark.parametrize("victim", [1, 0])
 def test_two_processes_killed_then_resumed_equal_one_process(tmp_path, reference, victim):
     out = tmp_path / "two.h5"
-    procs = start_pair(out)
+    procs = start_pair(out, timeout=PEER_TIMEOUT)
     watched = parts.part_path(str(out), 1) if victim == 1 else str(out)
     kill_when_rows(procs[victim], watched)
     survivor = procs[1 - victim]
@@ -140,7 +144,7 @@ def test_two_processes_killed_then_resumed_equal_one_process(tmp_path, reference
     assert code == 2 and len(lines) == 1, err
     assert lines[0].startswith("jaxvis: error: ") and "run the same command" in lines[0]
     assert f"process {victim}" in lines[0]
-    assert waited < 15 + 30, f"the survivor took {waited:.0f} s to stop"
+    assert waited < PEER_TIMEOUT + 30, f"the survivor took {waited:.0f} s to stop"
 
     resume = start_pair if victim == 1 else start_slurm_pair
     results = [finish(p) for p in resume(out)]
