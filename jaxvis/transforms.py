@@ -82,20 +82,48 @@ def _fill_str(mode: str, value: float) -> str:
     return f"constant {value:g}" if mode == "constant" else mode
 
 
+def random_words(key: PRNGKey) -> Array:
+    """The two random uint32 words every random transform draws from its key.
+
+    One ``jax.random.bits`` call, that is one threefry hash, per transform and step. The
+    integers come from these words by a remainder (:func:`word_below`), not from
+    ``jax.random.randint``, which hashes several times per call: at k = 8 unrolled steps
+    the draws of ``jax.random.randint`` made about a third of the compile time of a
+    lucid-preset block (benchmarks/README.md, "Compile time of the random draws").
+    """
+    return jax.random.bits(key, (2,), jnp.uint32)
+
+
+def word_below(words: Array, n: int) -> Array:
+    """int32 ``words % n``: uniform on [0, n) up to a bias under n / 2**32 (2**32 is not
+    a multiple of n), far below what a few thousand ascent steps could show."""
+    return (words % jnp.uint32(n)).astype(jnp.int32)
+
+
+def offsets_from(words: Array, d: int) -> Array:
+    """int32 [2], the shift (dy, dx) in [-d, d] that ``words`` [2] select."""
+    return word_below(words, 2 * d + 1) - d
+
+
+def choice_from(words: Array, values: Sequence[float]) -> Array:
+    """The value of ``values`` that the first of ``words`` selects."""
+    return jnp.asarray(values, jnp.float32)[word_below(words[0], len(values))]
+
+
 def random_offsets(key: PRNGKey, d: int) -> Array:
     """The shift (dy, dx) that :func:`jitter` and :func:`roll_jitter` draw from ``key``.
 
     Returns:
-      int32 [2], uniform integers in [-d, d], as keras-vis's ``Jitter`` draws
-      ``np.random.randint(-d, d + 1)`` per axis (vis/input_modifiers.py).
+      int32 [2], uniform integers in [-d, d] per axis (as keras-vis's ``Jitter`` draws
+      ``np.random.randint(-d, d + 1)``, vis/input_modifiers.py), from
+      :func:`random_words`.
     """
-    return jax.random.randint(key, (2,), -d, d + 1)
+    return offsets_from(random_words(key), d)
 
 
 def random_choice(key: PRNGKey, values: Sequence[float]) -> Array:
-    """One of ``values``, uniformly: ``values[randint(key, (), 0, len(values))]``."""
-    index = jax.random.randint(key, (), 0, len(values))
-    return jnp.asarray(values, jnp.float32)[index]
+    """One of ``values``, uniformly, from :func:`random_words`."""
+    return choice_from(random_words(key), values)
 
 
 # --- deterministic -------------------------------------------------------------------
@@ -395,17 +423,18 @@ def _lucid_affine(
     Frame coordinates are those of the padded image (size + 2 * width), whose centre
     the scale and rotation turn about, exactly as in the unfused chain.
     """
-    k_pad, k_jit1, k_scale, k_rot, k_jit2 = jax.random.split(key, 5)
-    del k_pad  # padding is deterministic; split as compose() does, for the same draws
+    # The chain's draws: compose() splits the key in five and each random transform draws
+    # random_words from its own key; vmapped, the four draws are one threefry hash.
+    _, w_jit1, w_scale, w_rot, w_jit2 = jax.vmap(random_words)(jax.random.split(key, 5))
     big_h, big_w = images.shape[1] + 2 * width, images.shape[2] + 2 * width
     cy, cx = (big_h - 1) / 2.0, (big_w - 1) / 2.0
     y, x = jnp.meshgrid(
         jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32), indexing="ij"
     )
-    d1 = random_offsets(k_jit1, reach[0]).astype(jnp.float32)
-    d2 = random_offsets(k_jit2, reach[1]).astype(jnp.float32)
-    s = random_choice(k_scale, scales)
-    theta = jnp.deg2rad(random_choice(k_rot, angles))
+    d1 = offsets_from(w_jit1, reach[0]).astype(jnp.float32)
+    d2 = offsets_from(w_jit2, reach[1]).astype(jnp.float32)
+    s = choice_from(w_scale, scales)
+    theta = jnp.deg2rad(choice_from(w_rot, angles))
     cos, sin = jnp.cos(theta), jnp.sin(theta)
     # crop offset, then undo jitter(2), rotate, scale, jitter(4) and the padding
     qy = y + (big_h - h) // 2 - d2[0] - cy

@@ -14,8 +14,13 @@ X = np.arange(75, dtype=np.float32).reshape(1, 5, 5, 3)
 KEYS = [jax.random.key(i) for i in range(6)]
 
 
+def _words(key):
+    """The documented draw of a random transform: two threefry words of its key."""
+    return np.asarray(jax.random.bits(key, (2,), jnp.uint32)).astype(np.int64)
+
+
 def _offsets(key, d):
-    dy, dx = np.asarray(jax.random.randint(key, (2,), -d, d + 1))
+    dy, dx = _words(key) % (2 * d + 1) - d
     return int(dy), int(dx)
 
 
@@ -111,7 +116,7 @@ def test_rotation_matches_scipy_map_coordinates(mode):
 def test_random_choice_uses_the_documented_draw():
     scale = T.random_scale([1.0, 2.0])
     for key in KEYS:
-        s = [1.0, 2.0][int(jax.random.randint(key, (), 0, 2))]
+        s = [1.0, 2.0][int(_words(key)[0] % 2)]
         expected = T.random_scale([s])(key, X)
         np.testing.assert_allclose(scale(key, X), expected, atol=1e-6)
     picks = {float(T.random_choice(k, [1.0, 2.0])) for k in KEYS}
@@ -223,3 +228,16 @@ def test_bad_config_raises():
         T.random_scale([0.0])
     with pytest.raises(JaxvisError, match=r"\[B, H, W, C\]"):
         T.jitter(1)(KEYS[0], X[0])
+
+
+def test_draws_are_uniform_over_their_range():
+    # The remainder of a uint32 word (T.word_below): every shift and choice appears, each
+    # about equally often; a remainder of the wrong n, or a draw that ignores its key,
+    # leaves values out or piles them up.
+    keys = jax.random.split(jax.random.key(7), 4000)
+    shifts = np.asarray(jax.vmap(lambda k: T.random_offsets(k, 4))(keys)).ravel()
+    counts = np.bincount(shifts + 4, minlength=9)
+    assert counts.size == 9 and np.abs(counts / (shifts.size / 9) - 1).max() < 0.15, counts
+    picks = np.asarray(jax.vmap(lambda k: T.random_choice(k, T.LUCID_ANGLES))(keys))
+    share_of_zero = np.mean(picks == 0)  # 0 is 6 of the 26 angles
+    assert set(picks.tolist()) == set(T.LUCID_ANGLES) and abs(share_of_zero - 6 / 26) < 0.03
