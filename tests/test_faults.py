@@ -334,6 +334,17 @@ def test_every_cli_error_is_one_line(tmp_path, argv, words):
     assert "usage" not in run.stderr
 
 
+def test_bad_block_steps_from_the_environment_is_one_line_before_the_file(tmp_path):
+    argv = ["atlas", "--layers", "block1_conv1", "--filters", "0", "--size", "32"]
+    argv += ["--steps", "2", "--weights", "random", "--no-progress", "--out", "x.h5"]
+    env = {**os.environ, "JAXVIS_BLOCK_STEPS": "eight"}
+    run = subprocess.run([*JAXVIS, *argv], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert run.returncode == 2
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and "JAXVIS_BLOCK_STEPS must be a positive" in lines[0], lines
+    assert "'eight'" in lines[0] and not list(tmp_path.iterdir())
+
+
 def test_overwrite_help_says_what_it_does():
     run = subprocess.run([*JAXVIS, "atlas", "--help"], capture_output=True, text=True)
     text = " ".join(run.stdout.split())
