@@ -195,7 +195,7 @@ def block_target(platform: str) -> int:
     raw = os.environ.get(BLOCK_STEPS_ENV, "").strip()
     if not raw:
         return BLOCK_STEPS.get(platform, 16)
-    if not raw.isdigit() or int(raw) < 1:
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
         raise JaxvisError(f"{BLOCK_STEPS_ENV} must be a positive whole number; got {raw!r}")
     return int(raw)
 

@@ -88,8 +88,8 @@ def random_words(key: PRNGKey) -> Array:
     One ``jax.random.bits`` call, that is one threefry hash, per transform and step. The
     integers come from these words by a remainder (:func:`word_below`), not from
     ``jax.random.randint``, which hashes several times per call: at k = 8 unrolled steps
-    the draws of ``jax.random.randint`` made about a third of the compile time of a
-    lucid-preset block (benchmarks/README.md, "Compile time of the random draws").
+    the draws of ``jax.random.randint`` made a third to a half of the compile time of
+    a lucid-preset block (benchmarks/README.md, "Compile time of the random draws").
     """
     return jax.random.bits(key, (2,), jnp.uint32)
 

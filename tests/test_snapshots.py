@@ -170,7 +170,7 @@ def test_block_steps_from_the_environment(monkeypatch):
     monkeypatch.setenv(engine.BLOCK_STEPS_ENV, "3")
     assert engine.block_steps_for(512, "cpu") == engine.block_steps_for(512, "gpu") == 2
     assert engine.block_steps_for(9, "cpu") == engine.block_steps_for(12, "gpu", 6) == 3
-    for bad in ("0", "-2", "two", "1.5"):
+    for bad in ("0", "-2", "two", "1.5", "²"):
         monkeypatch.setenv(engine.BLOCK_STEPS_ENV, bad)
         with pytest.raises(JaxvisError, match=f"JAXVIS_BLOCK_STEPS must be a positive.*{bad}"):
             engine.block_steps_for(512, "cpu")
