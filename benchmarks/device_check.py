@@ -214,6 +214,7 @@ def sweeps(run, budget, payload, kept, layer_rows) -> None:
         "chunk": chunk,
         "default_k": k0,
         "BLOCK_STEPS": dict(engine.BLOCK_STEPS),
+        "JAXVIS_BLOCK_STEPS": os.environ.get(engine.BLOCK_STEPS_ENV),  # overrides it if set
         "rows": rows,
         **device_summary.verdict(rows, "k", k0),
     }

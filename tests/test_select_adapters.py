@@ -17,7 +17,7 @@ import pytest  # noqa: E402
 from flax import nnx  # noqa: E402
 
 import jaxvis  # noqa: E402
-from jaxvis import engine, objectives, presets  # noqa: E402
+from jaxvis import conv_tune, engine, objectives, presets  # noqa: E402
 from jaxvis.errors import JaxvisError  # noqa: E402
 from jaxvis.inflight import run_chunk  # noqa: E402
 from jaxvis.models.flax_model import from_flax  # noqa: E402
@@ -236,10 +236,8 @@ def test_conv_formulations_reach_a_keras_model(models):
     """jaxvis/conv_tune.py on a real Keras-on-JAX model: its 3x3 'same' stride-1 conv is
     found, computed by Winograd in the compiled program, and gives the model's own
     activations. (This module's Flax CNNs have no plain 3x3 'same' conv.)"""
-    which, layer = "keras", "k3"
-    from jaxvis import conv_tune
-
-    model, x = models[which], _images()
+    layer = "k3"
+    model, x = models["keras"], _images()
     shapes = conv_tune.conv_shapes(model.apply, model.params, x, layer)
     assert shapes == [(2, 7, 7, 6, 7)]  # k3; k1 (stride 2) and k2 (dilated) are not plain
     formed = conv_tune.Formed(model.apply, tuple((s, "winograd") for s in shapes))
