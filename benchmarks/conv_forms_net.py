@@ -29,6 +29,7 @@ FORMS = {
     ),
     "winograd F(2,3)": functools.partial(winograd.conv3x3_winograd, m=2),
     "winograd F(4,3)": functools.partial(winograd.conv3x3_winograd, m=4),
+    "winograd F(2,3) rows": winograd.conv3x3_winograd_rows,
     "im2col": winograd.conv3x3_im2col,
 }
 STOCK = "stock model"

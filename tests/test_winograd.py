@@ -22,11 +22,12 @@ ROOT = Path(__file__).resolve().parent.parent
 FORMS = {
     "F(2,3)": functools.partial(winograd.conv3x3_winograd, m=2),
     "F(4,3)": functools.partial(winograd.conv3x3_winograd, m=4),
+    "F(2,3) rows": winograd.conv3x3_winograd_rows,
     "im2col": winograd.conv3x3_im2col,
 }
 # (N, H, W, Cin, Cout): odd and unequal sides, 1x1 and 2x3 maps, sides below a tile.
 SHAPES = [(2, 7, 9, 5, 6), (1, 1, 1, 4, 3), (1, 2, 3, 3, 8), (1, 12, 12, 16, 16)]
-TOL = {"F(2,3)": 1e-5, "F(4,3)": 3e-5, "im2col": 1e-5}
+TOL = {"F(2,3)": 1e-5, "F(4,3)": 3e-5, "F(2,3) rows": 1e-5, "im2col": 1e-5}
 
 
 def direct(x, kernel):
@@ -80,7 +81,8 @@ def test_grad_of_a_scalar_loss():
     assert rel_err(loss(FORMS["F(2,3)"]), loss(direct)) < 1e-5
 
 
-def test_f23_custom_vjp_gives_both_gradients_under_vmap():
+@pytest.mark.parametrize("name", ["F(2,3)", "F(2,3) rows"])
+def test_f23_custom_vjp_gives_both_gradients_under_vmap(name):
     """F(2,3)'s own VJP: the input gradient (a Winograd conv of the cotangent from the
     turned U) and, when asked for, the kernel's, match lax.conv on an odd-sized map."""
     x, kernel, cot = inputs((2, 7, 10, 5, 6))
@@ -90,7 +92,7 @@ def test_f23_custom_vjp_gives_both_gradients_under_vmap():
         _, vjp = run(lambda x, k: conv(x[None], k)[0], x, kernel)
         return jax.vmap(lambda f, c: f(c))(vjp, cot)
 
-    gx, gk = grads(FORMS["F(2,3)"])
+    gx, gk = grads(FORMS[name])
     gx0, gk0 = grads(direct)
     assert rel_err(gx, gx0) < 1e-5 and rel_err(gk, gk0) < 1e-5
 
@@ -106,6 +108,18 @@ def test_the_turn_of_u_is_what_makes_the_input_gradient():
         assert (rel_err(g, g0) < 1e-5) == ok
 
 
+def test_the_turn_of_the_row_transform_is_what_makes_the_input_gradient():
+    """The same for F(2,3) by rows: kernel rows reversed and tile entries 0 and 3 swapped
+    give the input gradient; either half of the turn alone does not."""
+    x, kernel, cot = inputs(SHAPES[0])
+    _, g0 = fwd_and_grad(direct)(x, kernel, cot)
+    u = winograd.kernel_transform_rows(kernel)
+    swap = winograd._F2_ROW_TURNED
+    for turned, ok in ((u[::-1][:, swap], True), (u[:, swap], False), (u[::-1], False)):
+        g = winograd._rows_product(cot, turned, transposed=True)
+        assert (rel_err(g, g0) < 1e-5) == ok
+
+
 @pytest.mark.parametrize("m", sorted(winograd.TRANSFORMS))
 def test_wrong_transform_is_caught(monkeypatch, m):
     """The check above fails when one entry of a transform matrix is wrong."""
@@ -114,6 +128,8 @@ def test_wrong_transform_is_caught(monkeypatch, m):
     monkeypatch.setitem(winograd.TRANSFORMS, m, (bt, g, at))
     x, kernel, _ = inputs(SHAPES[0])
     assert rel_err(winograd.conv3x3_winograd(x, kernel, m), direct(x, kernel)) > 1e-2
+    if m == 2:  # F(2,3) by rows reads the same matrices
+        assert rel_err(winograd.conv3x3_winograd_rows(x, kernel), direct(x, kernel)) > 1e-2
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""3x3 stride-1 'SAME' convolutions as matmuls: Winograd F(2x2, 3x3), F(4x4, 3x3), im2col.
+"""3x3 stride-1 'SAME' convs as matmuls: Winograd F(2x2, 3x3), F(4x4, 3x3), F(2,3) by rows, im2col.
 
 VGG16's convolutions are all 3x3, stride 1, 'SAME', NHWC with HWIO kernels (as
 ``jaxvis/models/vgg16.py`` calls ``flax.linen.Conv``). On a CPU without AVX-512, XLA's
@@ -11,13 +11,16 @@ matmuls that XLA runs near its matmul rate:
   elementwise product over channels is (m+2)^2 batched matmuls [tiles, Cin] x [Cin, Cout];
   and ``A^T M A`` gives each m x m output tile. F(2x2) needs 16/36 of the direct conv's
   multiplies (2.25x fewer), F(4x4) 36/144 (4x fewer), at some cost in fp32 accuracy.
+* Winograd F(2,3) along the width only: 4-wide tiles, 12 thinner matmuls, 2/3 of the
+  multiplies, for the large shallow layers where the 2-D tiles cost more than they save.
 * im2col: the nine shifted copies of the input side by side, then one matmul.
 
 Every stage is linear and written with slices, adds and ``einsum``, so ``jax.grad``
-through im2col and F(4,3) gives the input gradient as matmuls too. F(2,3) has a custom
-VJP instead: its input gradient is another F(2,3) conv from the same transformed kernel,
-faster than autodiff's transposed slices. Which formulation is fastest per shape is
-measured by ``benchmarks/conv_forms.py`` and, per CPU, by ``jaxvis/conv_tune.py``.
+through im2col and F(4,3) gives the input gradient as matmuls too. Both F(2,3) forms
+have a custom VJP instead: the input gradient is another conv of the same form from the
+same transformed kernel, faster than autodiff's transposed slices. Which formulation is
+fastest per shape is measured by ``benchmarks/conv_forms.py`` and, per CPU, by
+``jaxvis/conv_tune.py``.
 """
 
 from __future__ import annotations
@@ -162,37 +165,86 @@ _TRANSPOSED = "ptd,pcd->ptc"  # the same U, contracted over its output channels
 _F2_TURNED = [4 * i + j for i in (3, 1, 2, 0) for j in (3, 1, 2, 0)]
 
 
-@jax.custom_vjp
-def _winograd2(x: Array, kernel: Array) -> Array:
-    return _tiles_product(x, kernel_transform(kernel, 2), 2, _FORWARD)
+def _with_own_vjp(transform, product, turn):
+    """A Winograd conv whose input gradient is the same kind of conv of the cotangent.
+
+    The input gradient of a 3x3 'SAME' conv is the same conv of ``g`` with the kernel
+    turned by 180 degrees and its channels swapped, so it is computed from the forward's
+    transformed kernel ``u``, turned (``turn(u)``) and contracted over its output
+    channels (``product(g, turn(u), transposed=True)``). Autodiff of the forward instead
+    transposes every strided slice of the input tiles into a padded full-size map, which
+    ran up to 2x slower on the AVX2-only CPU (benchmarks/README.md, "Conv formulations on
+    the AVX2-only CPU"). The kernel's gradient, only when it is asked for, is lax.conv's.
+    """
+
+    @jax.custom_vjp
+    def conv(x, kernel):
+        return product(x, transform(kernel), False)
+
+    def fwd(x, kernel):
+        u = transform(kernel.value)
+        return product(x.value, u, False), (x.value, kernel.value, u, kernel.perturbed)
+
+    def bwd(res, g):
+        x, kernel, u, kernel_needed = res
+        if isinstance(g, SymbolicZero):
+            return None, None
+        gx = product(g, turn(u), True)
+        if not kernel_needed:
+            return gx, None
+        _, vjp = jax.vjp(
+            lambda k: lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=_NHWC),
+            kernel,
+        )
+        return gx, vjp(g)[0]
+
+    conv.defvjp(fwd, bwd, symbolic_zeros=True)
+    return conv
 
 
-def _winograd2_fwd(x, kernel):
-    u = kernel_transform(kernel.value, 2)
-    return _tiles_product(x.value, u, 2, _FORWARD), (x.value, kernel.value, u, kernel.perturbed)
-
-
-def _winograd2_bwd(res, g):
-    """The input gradient of a 3x3 'SAME' conv is the same conv of ``g`` with the kernel
-    turned by 180 degrees and its channels swapped: a Winograd conv too, from the same U.
-    Autodiff of the forward instead transposes every strided slice of the input tiles
-    into a padded full-size map, which ran up to 2x slower on the AVX2-only CPU
-    (benchmarks/README.md, "Conv formulations on the AVX2-only CPU"). The kernel's
-    gradient, only when it is asked for, is lax.conv's."""
-    x, kernel, u, kernel_needed = res
-    if isinstance(g, SymbolicZero):
-        return None, None
-    gx = _tiles_product(g, u[np.array(_F2_TURNED)], 2, _TRANSPOSED)
-    if not kernel_needed:
-        return gx, None
-    _, vjp = jax.vjp(
-        lambda k: lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=_NHWC), kernel
-    )
-    return gx, vjp(g)[0]
-
-
-_winograd2.defvjp(_winograd2_fwd, _winograd2_bwd, symbolic_zeros=True)
 _NHWC = ("NHWC", "HWIO", "NHWC")
+_winograd2 = _with_own_vjp(
+    lambda kernel: kernel_transform(kernel, 2),
+    lambda x, u, transposed: _tiles_product(x, u, 2, _TRANSPOSED if transposed else _FORWARD),
+    lambda u: u[np.array(_F2_TURNED)],
+)
+
+
+def kernel_transform_rows(kernel: Array) -> Array:
+    """``G g_a`` of each kernel row ``a`` along its 3 columns: [3, 4, Cin, Cout]."""
+    g = TRANSFORMS[2][1]
+    return jnp.stack([jnp.stack(_combine([kernel[a, b] for b in range(3)], g)) for a in range(3)])
+
+
+def _rows_product(x: Array, u: Array, transposed: bool) -> Array:
+    """F(2,3) along the width only: 4-wide input tiles at stride 2 are transformed by
+    ``B^T``; each of the 4 tile entries is the sum over the 3 kernel rows of a
+    [N * H * tw, Cin] x [Cin, Cout] matmul of the transformed map shifted by that row;
+    ``A^T`` gives each pair of outputs. ``u`` is :func:`kernel_transform_rows`'s,
+    contracted over its output channels when ``transposed``."""
+    bt, _, at = TRANSFORMS[2]
+    n, h, w, _ = x.shape
+    tw = -(-w // 2)
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 2 * tw + 1 - w), (0, 0)))
+    taps = [lax.slice_in_dim(xp, a, a + 2 * (tw - 1) + 1, 2, 2) for a in range(4)]
+    u = u.astype(x.dtype)
+    contract = "nhtd,cd->nhtc" if transposed else "nhtc,cd->nhtd"
+    products = []
+    for p, v in enumerate(_combine(taps, bt)):  # v: [N, H + 2, tw, Cin]
+        terms = [jnp.einsum(contract, v[:, a : a + h], u[a, p]) for a in range(3)]
+        products.append(terms[0] + terms[1] + terms[2])
+    y = jnp.stack(_combine(products, at), axis=3)  # [N, H, tw, 2, Cout]
+    return y.reshape(n, h, 2 * tw, -1)[:, :, :w]
+
+
+# The row transform of the turned kernel: the kernel rows reversed, and (as for the 2-D
+# transform) tile entries 0 and 3 swapped.
+_F2_ROW_TURNED = np.array([3, 1, 2, 0])
+_winograd_rows = _with_own_vjp(
+    kernel_transform_rows,
+    _rows_product,
+    lambda u: u[::-1][:, _F2_ROW_TURNED],
+)
 
 
 def conv3x3_winograd(x: Array, kernel: Array, m: int = 2) -> Array:
@@ -216,6 +268,24 @@ def conv3x3_winograd(x: Array, kernel: Array, m: int = 2) -> Array:
     if m == 2:
         return _winograd2(x, kernel)
     return _tiles_product(x, kernel_transform(kernel, m), m, _FORWARD)
+
+
+def conv3x3_winograd_rows(x: Array, kernel: Array) -> Array:
+    """3x3 stride-1 'SAME' convolution by Winograd F(2,3) along the width only.
+
+    12 matmuls [N * H * W/2, Cin] x [Cin, Cout] (4 tile entries x 3 kernel rows): 2/3 of
+    the direct conv's multiplies, with a quarter of F(2x2, 3x3)'s tile traffic. Its input
+    gradient is the same conv of the cotangent (``_with_own_vjp``). Measured against the
+    others by ``benchmarks/conv_forms.py``; it lost at the large shallow shapes it was
+    meant for (benchmarks/README.md, "F(2,3) along one axis"), so ``jaxvis/conv_tune.py``
+    does not offer it.
+
+    Args:
+      x: [N, H, W, Cin] input, any H, W >= 1.
+      kernel: [3, 3, Cin, Cout] HWIO kernel.
+    """
+    _check(x, kernel)
+    return _winograd_rows(x, kernel)
 
 
 def conv3x3_im2col(x: Array, kernel: Array) -> Array:
