@@ -104,12 +104,14 @@ def _use_compile_cache(enabled: bool) -> None:
 
 
 def cmd_atlas(args: argparse.Namespace) -> None:
-    from jaxvis import cluster
+    from jaxvis import cluster, cpu_devices
 
     explicit = (args.coordinator, args.num_processes, args.process_id)
     if not args.distributed and any(v is not None for v in explicit):
         raise JaxvisError("--coordinator, --num-processes and --process-id need --distributed")
-    joined = _join(args) if args.distributed else cluster.SINGLE  # before jax uses a device
+    # Both before jax uses a device: its CPU devices, then the join.
+    cpu_devices.apply(args.cpu_devices or cpu_devices.default(), args.distributed)
+    joined = _join(args) if args.distributed else cluster.SINGLE
     import jax.numpy as jnp
 
     _use_compile_cache(not args.no_compile_cache)
@@ -283,6 +285,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="how 3x3 convs run: auto (default: on CPU, per shape the formulation measured "
         "fastest on this CPU, kept in ~/.cache/jaxvis/cpu-convs.json), lax (XLA's conv "
         "everywhere), winograd or im2col (that formulation everywhere)",
+    )
+    p.add_argument(
+        "--cpu-devices",
+        default=None,
+        metavar="N",
+        help="CPU devices to ask XLA for: auto (default, or $JAXVIS_CPU_DEVICES: 2 where "
+        "the CPU has 2 cores or more, 1 with --distributed) or a number; two run two "
+        "units at once and fill each other's idle cores. JAX_NUM_CPU_DEVICES wins if set",
     )
     _add_distributed_options(p)
     p.set_defaults(func=cmd_atlas)

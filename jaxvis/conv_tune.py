@@ -277,10 +277,12 @@ def _measurable(shape: Shape) -> bool:
 def choose(prog, params, size: int, n_units: int, note=None) -> tuple:
     """The forms for ``prog``'s convs on this CPU, as :class:`Formed` takes them: cached
     choices, and for a job of at least :data:`MIN_WORK` the missing shapes measured now
-    (and cached). ``()`` keeps every conv ``lax.conv``: off a single CPU device, for a
+    (and cached). ``()`` keeps every conv ``lax.conv``: off CPU, for a
     model that is not float32 where it matters, and where nothing beat ``lax``.
-    ``note(line)``, if given, is told when measuring starts and what it found."""
-    if jax.default_backend() != "cpu" or jax.device_count() != 1:
+    ``note(line)``, if given, is told when measuring starts and what it found. With
+    several CPU devices (``jaxvis/cpu_devices.py``) the choice is the same: each shape is
+    measured on one device, where the engine then runs one unit's share of it."""
+    if jax.default_backend() != "cpu":
         return ()
     work = n_units * prog.ascent.recipe.steps * size * size
     cached = cpu_cache.load(cache_path())

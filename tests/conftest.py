@@ -24,6 +24,9 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
 # benchmarks/README.md, "Test suite time"). Two, not one, so that a block still runs
 # more than one step. Tests of the engine's own block sizes unset it.
 os.environ.setdefault("JAXVIS_BLOCK_STEPS", "2")
+# One CPU device for `jaxvis atlas` (jaxvis/cpu_devices.py), in process and in the CLI
+# subprocesses, as the tests were written for; tests/test_cpu_devices.py unsets it.
+os.environ.setdefault("JAXVIS_CPU_DEVICES", "1")
 # The per-CPU chunk choices (jaxvis/chunk_tune.py), fresh too: none of the user's apply.
 os.environ.setdefault(
     "JAXVIS_CHUNK_CACHE", os.path.join(tempfile.mkdtemp(prefix="jaxvis-test-chunks-"), "c.json")
