@@ -10,9 +10,12 @@ conv-ceiling kernel, so the two sides and the ceiling see the same machine state
 ratio is taken per round; the table gives the medians.
 
 jaxvis's side is a whole ``jaxvis.visualize`` call with the lucid preset (the second
-call and later: the first one compiles), for each chunk size in ``--batches`` and each
-conv setting in ``--convs`` (``auto``: the formulations measured fastest per shape on this
-CPU, jaxvis/conv_tune.py, measured by the first call where the cache lacks them; ``lax``:
+call and later: the first one compiles), in a persistent worker of its own
+(benchmarks/jaxvis_worker.py), for each CPU device count in ``--cpu-devices`` (the
+worker's ``JAX_NUM_CPU_DEVICES``; two devices run two units at once,
+jaxvis/cpu_devices.py), each chunk size in ``--batches`` and each conv setting in
+``--convs`` (``auto``: the formulations measured fastest per shape on this CPU,
+jaxvis/conv_tune.py, measured by the first call where the cache lacks them; ``lax``:
 XLA's conv everywhere). The result records the per-shape choices the cache held.
 
     python -m benchmarks.side_by_side --lucent-python ~/.cache/jaxvis-peers/venv-lucent/bin/python
@@ -58,20 +61,20 @@ def torchvision_name(layer: str) -> str:
     raise SystemExit(f"side_by_side: {layer!r} is not a VGG16 conv layer")
 
 
-class Lucent:
-    """The Lucent worker process: one timed ``render_vis`` call per :meth:`call`."""
+class Worker:
+    """A persistent worker process (benchmarks/lucent_worker.py or
+    benchmarks/jaxvis_worker.py): one timed call per :meth:`call`."""
 
-    def __init__(self, python: str, layer: str, size: int, steps: int, filters: list[int]):
-        worker = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lucent_worker.py")
-        cmd = [python, worker, "--layer", torchvision_name(layer), "--size", str(size)]
-        cmd += ["--steps", str(steps), "--filters", ",".join(map(str, filters))]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    def __init__(self, cmd: list[str], env: dict | None = None):
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+        )
         self.hello = self._reply()
 
     def _reply(self) -> dict:
         line = self.proc.stdout.readline()
         if not line:
-            raise SystemExit(f"side_by_side: the Lucent worker exited ({self.proc.wait()})")
+            raise SystemExit(f"side_by_side: a worker exited ({self.proc.wait()})")
         return json.loads(line)
 
     def call(self) -> float:
@@ -84,6 +87,23 @@ class Lucent:
         self.proc.wait(timeout=60)
 
 
+def lucent_worker(python: str, layer: str, size: int, steps: int, filters: list[int]) -> Worker:
+    worker = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lucent_worker.py")
+    cmd = [python, worker, "--layer", torchvision_name(layer), "--size", str(size)]
+    return Worker([*cmd, "--steps", str(steps), "--filters", ",".join(map(str, filters))])
+
+
+def jaxvis_worker(args, batch: str, convs: str, devices: int) -> Worker:
+    """A worker for one jaxvis side, with ``devices`` CPU devices (JAX_NUM_CPU_DEVICES)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env = {**os.environ, "JAX_NUM_CPU_DEVICES": str(devices), "PYTHONPATH": path}
+    cmd = [sys.executable, "-m", "benchmarks.jaxvis_worker", "--layer", args.layer]
+    cmd += ["--size", str(args.size), "--steps", str(args.steps), "--filters", args.filters]
+    cmd += ["--batch", batch, "--convs", convs, "--dtype", args.dtype]
+    return Worker(cmd, env)
+
+
 def main(argv=None) -> None:
     p = options.base_parser(__doc__.splitlines()[0])
     p.add_argument("--lucent-python", default=os.environ.get("LUCENT_PY", DEFAULT_LUCENT))
@@ -93,6 +113,11 @@ def main(argv=None) -> None:
     p.add_argument("--filters", default="0,1,2,3")
     p.add_argument("--batches", default="auto", help="jaxvis chunk sizes: 'auto' or e.g. 1,4")
     p.add_argument("--convs", default="auto,lax", help="jaxvis conv settings, e.g. auto,lax")
+    p.add_argument(
+        "--cpu-devices",
+        default="1,2",
+        help="jaxvis CPU device counts (JAX_NUM_CPU_DEVICES of its workers), e.g. 1,2",
+    )
     p.add_argument("--rounds", type=int, default=5)
     args = p.parse_args(argv)
     args.weights = "random"
@@ -105,56 +130,44 @@ def main(argv=None) -> None:
 
 
 def run(args) -> None:
-    import jaxvis
-    from jaxvis import conv_tune, cpu_cache
+    from jaxvis import conv_tune, cpu_cache, cpu_devices
 
     model = options.load_model("random", args.dtype)
     filters = [int(f) for f in args.filters.split(",")]
-    batches = [None if b == "auto" else int(b) for b in args.batches.split(",")]
     kernels = ceilings.ceiling_kernels(options.DTYPES[args.dtype])
     work = len(filters) * args.steps
     step = flops.step_flops(model, args.layer, args.size)["total"]
-
     convs = [conv_tune.check_setting(c) for c in args.convs.split(",")]
+    counts = [int(cpu_devices.check(n)) for n in args.cpu_devices.split(",")]
 
-    def jaxvis_call(batch, conv):
-        def call():
-            start = time.perf_counter()
-            jaxvis.visualize(
-                model,
-                args.layer,
-                filters,
-                size=args.size,
-                steps=args.steps,
-                batch=batch,
-                convs=conv,
-            )
-            return time.perf_counter() - start
-
-        return call
-
-    lucent = Lucent(args.lucent_python, args.layer, args.size, args.steps, filters)
-    sides = {
-        f"jaxvis visualize, batch {b or 'auto'}, convs {c}": jaxvis_call(b, c)
-        for b in batches
+    # Each worker's first call compiles (and measures the conv shapes "auto" has not seen
+    # on this CPU), one worker at a time, before any timing.
+    workers = {
+        f"jaxvis visualize, batch {b}, convs {c}, {n} CPU device{'s' * (n > 1)}": jaxvis_worker(
+            args, b, c, n
+        )
+        for n in counts
+        for b in args.batches.split(",")
         for c in convs
     }
-    for call in sides.values():
-        call()  # compiles (and measures the conv shapes "auto" has not seen on this CPU)
+    workers["Lucent render_vis"] = lucent_worker(
+        args.lucent_python, args.layer, args.size, args.steps, filters
+    )
     here = conv_tune.key_prefix()
     cached = cpu_cache.load(conv_tune.cache_path())
     conv_forms = {k[len(here) :]: v for k, v in cached.items() if k.startswith(here)}
-    sides["Lucent render_vis"] = lucent.call
-    times = {name: [] for name in sides}
+    times = {name: [] for name in workers}
     conv = []
     try:
         for _ in range(args.rounds):
             conv.append(min(time_calls(kernels["conv_fwd"]["call"], 3, warmup=0)))
-            for name, call in sides.items():
+            for name, worker in workers.items():
                 time.sleep(SETTLE_S)
-                times[name].append(call())
+                times[name].append(worker.call())
     finally:
-        lucent.close()
+        for worker in workers.values():
+            worker.close()
+    lucent = workers["Lucent render_vis"]
     ceiling = kernels["conv_fwd"]["flops"] / median(conv)
     rows = []
     for name, ts in times.items():
