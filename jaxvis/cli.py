@@ -275,8 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-chunk-tuning",
         action="store_true",
-        help="on CPU, keep one unit per chunk instead of the chunk measured fastest per "
-        "layer on this CPU (~/.cache/jaxvis/cpu-chunks.json)",
+        help="on one CPU device, keep one unit per chunk instead of the chunk measured "
+        "fastest per layer on this CPU (~/.cache/jaxvis/cpu-chunks.json)",
     )
     p.add_argument(
         "--convs",

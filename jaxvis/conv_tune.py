@@ -280,8 +280,8 @@ def choose(prog, params, size: int, n_units: int, note=None) -> tuple:
     (and cached). ``()`` keeps every conv ``lax.conv``: off CPU, for a
     model that is not float32 where it matters, and where nothing beat ``lax``.
     ``note(line)``, if given, is told when measuring starts and what it found. With
-    several CPU devices (``jaxvis/cpu_devices.py``) the choice is the same: each shape is
-    measured on one device, where the engine then runs one unit's share of it."""
+    several CPU devices (``jaxvis/cpu_devices.py``) the choice is the same: a shape is
+    measured on one device, and each unit's convs run on one device."""
     if jax.default_backend() != "cpu":
         return ()
     work = n_units * prog.ascent.recipe.steps * size * size

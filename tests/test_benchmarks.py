@@ -110,6 +110,25 @@ def test_side_by_side_maps_layers_and_needs_lucent(tmp_path):
         side_by_side.main(["--lucent-python", str(tmp_path / "none"), "--no-save"])
 
 
+def test_jaxvis_worker_times_calls_on_its_own_devices(bench_env, monkeypatch):
+    """side_by_side's jaxvis side: a worker with JAX_NUM_CPU_DEVICES=2 reports two
+    devices, answers ``run`` with the seconds of a call, and exits on end of input."""
+    from benchmarks import side_by_side
+
+    class Args:
+        layer, size, steps, filters, dtype = "block1_conv1", 32, 2, "0,1", "float32"
+
+    for key, value in bench_env.items():  # the worker's environment starts from ours
+        monkeypatch.setenv(key, value)
+    worker = side_by_side.jaxvis_worker(Args, "auto", "lax", 2)
+    try:
+        assert worker.hello["ready"] and worker.hello["devices"] == 2
+        assert worker.call() > 0
+    finally:
+        worker.close()
+    assert worker.proc.returncode == 0
+
+
 def test_sequential_tiny(tmp_path, bench_env):
     payload = run_tiny("sequential", tmp_path, bench_env)
     rows = payload["rows"]
