@@ -121,6 +121,21 @@ def main(argv=None) -> None:
     p.add_argument("--rounds", type=int, default=5)
     args = p.parse_args(argv)
     args.weights = "random"
+    from jaxvis import conv_tune, cpu_devices
+    from jaxvis.errors import JaxvisError
+
+    try:  # before any work: a bad setting is one line and exit status 2
+        args.conv_settings = [conv_tune.check_setting(c) for c in args.convs.split(",")]
+        for b in args.batches.split(","):
+            if b != "auto" and not (b.isascii() and b.isdigit() and int(b) >= 1):
+                raise JaxvisError(f"--batches takes 'auto' or whole numbers >= 1; got {b!r}")
+        args.device_counts = [
+            cpu_devices.count(cpu_devices.check(n), distributed=False)
+            for n in args.cpu_devices.split(",")
+        ]
+    except JaxvisError as e:
+        print(f"side_by_side: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     if not os.path.exists(args.lucent_python):
         raise SystemExit(
             f"side_by_side: no Lucent interpreter at {args.lucent_python}; install it as "
@@ -130,15 +145,13 @@ def main(argv=None) -> None:
 
 
 def run(args) -> None:
-    from jaxvis import conv_tune, cpu_cache, cpu_devices
+    from jaxvis import conv_tune, cpu_cache
 
     model = options.load_model("random", args.dtype)
     filters = [int(f) for f in args.filters.split(",")]
     kernels = ceilings.ceiling_kernels(options.DTYPES[args.dtype])
     work = len(filters) * args.steps
     step = flops.step_flops(model, args.layer, args.size)["total"]
-    convs = [conv_tune.check_setting(c) for c in args.convs.split(",")]
-    counts = [int(cpu_devices.check(n)) for n in args.cpu_devices.split(",")]
 
     # Each worker's first call compiles (and measures the conv shapes "auto" has not seen
     # on this CPU), one worker at a time, before any timing.
@@ -146,9 +159,9 @@ def run(args) -> None:
         f"jaxvis visualize, batch {b}, convs {c}, {n} CPU device{'s' * (n > 1)}": jaxvis_worker(
             args, b, c, n
         )
-        for n in counts
+        for n in args.device_counts
         for b in args.batches.split(",")
-        for c in convs
+        for c in args.conv_settings
     }
     workers["Lucent render_vis"] = lucent_worker(
         args.lucent_python, args.layer, args.size, args.steps, filters

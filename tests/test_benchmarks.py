@@ -110,6 +110,24 @@ def test_side_by_side_maps_layers_and_needs_lucent(tmp_path):
         side_by_side.main(["--lucent-python", str(tmp_path / "none"), "--no-save"])
 
 
+@pytest.mark.parametrize(
+    "flag, named",
+    [
+        ("--convs=bogus", "valid: auto, lax"),
+        ("--cpu-devices=1,0", "'auto' or a whole number"),
+        ("--batches=x", "'auto' or whole numbers"),
+    ],
+)
+def test_side_by_side_bad_setting_is_one_line_and_exit_2(tmp_path, capsys, flag, named):
+    from benchmarks import side_by_side
+
+    with pytest.raises(SystemExit) as ended:
+        side_by_side.main(["--lucent-python", str(tmp_path / "none"), flag, "--no-save"])
+    assert ended.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and named in err[0] and err[0].startswith("side_by_side: ")
+
+
 def test_jaxvis_worker_times_calls_on_its_own_devices(bench_env, monkeypatch):
     """side_by_side's jaxvis side: a worker with JAX_NUM_CPU_DEVICES=2 reports two
     devices, answers ``run`` with the seconds of a call, and exits on end of input."""

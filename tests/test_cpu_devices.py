@@ -48,13 +48,28 @@ def test_default_reads_its_variable(monkeypatch):
         cpu_devices.default()
 
 
-def test_apply_leaves_started_backends_and_jax_own_variable(monkeypatch):
+def test_apply_leaves_started_backends_alone():
     import jax
 
     jax.devices()  # the backends are up in this process
     assert cpu_devices.apply("2") is None
-    monkeypatch.setenv(cpu_devices.JAX_ENV, "1")
-    assert cpu_devices.apply("2") is None
+
+
+@pytest.mark.parametrize("jax_env, want", [(None, (2, 2)), ("1", (None, 1))])
+def test_apply_in_a_fresh_process_and_jax_own_variable_wins(jax_env, want):
+    """Before jax starts, apply sets the count; JAX_NUM_CPU_DEVICES, if set, is kept."""
+    env = {k: v for k, v in os.environ.items() if k != cpu_devices.JAX_ENV}
+    if jax_env:
+        env[cpu_devices.JAX_ENV] = jax_env
+    code = (
+        "import jax; from jaxvis import cpu_devices; n = cpu_devices.apply('2'); "
+        "print(n, jax.device_count())"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], env={**env, "JAX_PLATFORMS": "cpu"},
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    assert run.stdout.split() == [str(w) for w in want]
 
 
 @pytest.mark.parametrize(
